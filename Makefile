@@ -1,0 +1,31 @@
+# ordflow: PGXS build.  `make && make install`, then see README.md.
+
+MODULE_big = ordflow
+OBJS = \
+	ordflow.o \
+	src/shmem.o \
+	src/control.o \
+	src/order_message.o \
+	src/amqp_conn.o \
+	src/supervisor.o \
+	src/generator.o \
+	src/relay.o \
+	src/consumer.o \
+	src/order_processing.o \
+	src/worker_common.o
+
+EXTENSION = ordflow
+DATA = $(wildcard ordflow--*.sql)
+PGFILEDESC = "ordflow - order pipeline with RabbitMQ transport"
+
+PG_CPPFLAGS = -I$(srcdir)/src
+PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
+SHLIB_LINK += -lrabbitmq
+
+REGRESS = $(sort $(basename $(notdir $(wildcard $(srcdir)/sql/*.sql))))
+REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=./tmp_check
+TAP_TESTS = 1
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

@@ -1,0 +1,245 @@
+/*-------------------------------------------------------------------------
+ *
+ * ordflow.c
+ *	  Module entry point: settings, shared memory hooks and the static
+ *	  supervisor worker that keeps the rest of the pipeline alive.
+ *
+ * ordflow must be loaded through shared_preload_libraries: its workers and
+ * shared memory exist only then.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <amqp.h>
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
+#include <limits.h>
+#include "utils/guc.h"
+
+#include "amqp_conn.h"
+#include "ordflow.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+char	   *ordflow_database = NULL;
+char	   *ordflow_amqp_url = NULL;
+char	   *ordflow_exchange = NULL;
+char	   *ordflow_orders_queue = NULL;
+char	   *ordflow_user_events_queue = NULL;
+char	   *ordflow_queue_type = NULL;
+double		ordflow_generator_rate = 0.5;
+int			ordflow_consumers = 1;
+int			ordflow_batch_size = 500;
+int			ordflow_relay_batch_size = 1000;
+int			ordflow_prefetch = 2000;
+int			ordflow_batch_wait_ms = 5;
+int			ordflow_heartbeat = 30;
+double		ordflow_price_factor_min = 1.1;
+double		ordflow_price_factor_max = 2.0;
+char	   *ordflow_amqp_tls_ca_file = NULL;
+char	   *ordflow_amqp_tls_cert_file = NULL;
+char	   *ordflow_amqp_tls_key_file = NULL;
+bool		ordflow_amqp_tls_verify = true;
+int			ordflow_event_retention = 7 * 24 * 60;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/*
+ * Validate ordflow.amqp_url.  The default error message of a failing check
+ * hook quotes the value, password included, so we always replace it with one
+ * that shows the URL redacted.
+ */
+static bool
+check_amqp_url(char **newval, void **extra, GucSource source)
+{
+	char		reason[128];
+
+	if (of_amqp_url_valid(*newval, reason, sizeof(reason)))
+		return true;
+
+	GUC_check_errmsg("invalid value for parameter \"ordflow.amqp_url\": %s",
+					 of_redact_url(*newval));
+	GUC_check_errdetail("%s", reason);
+	GUC_check_errhint("Use amqp://user:password@host:port/vhost or amqps://... for TLS.");
+	return false;
+}
+
+/* Exchange and queue names: AMQP short strings of printable characters. */
+static bool
+check_amqp_name(char **newval, void **extra, GucSource source)
+{
+	const char *p;
+
+	if (*newval == NULL || (*newval)[0] == '\0' || strlen(*newval) > 200)
+	{
+		GUC_check_errdetail("The name must be 1 to 200 characters long.");
+		return false;
+	}
+	for (p = *newval; *p; p++)
+	{
+		if ((unsigned char) *p < 0x20 || *p == 0x7f)
+		{
+			GUC_check_errdetail("The name must not contain control characters.");
+			return false;
+		}
+	}
+	return true;
+}
+
+static bool
+check_queue_type(char **newval, void **extra, GucSource source)
+{
+	if (*newval && (strcmp(*newval, "classic") == 0 || strcmp(*newval, "quorum") == 0))
+		return true;
+	GUC_check_errdetail("Valid values are \"classic\" and \"quorum\".");
+	return false;
+}
+
+static void
+define_settings(void)
+{
+	DefineCustomStringVariable("ordflow.database",
+							   "Database the ordflow workers connect to.",
+							   NULL, &ordflow_database, "postgres",
+							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("ordflow.amqp_url",
+							   "RabbitMQ broker URL (amqp:// or amqps://).",
+							   NULL, &ordflow_amqp_url,
+							   "amqp://guest:guest@127.0.0.1:5672/%2f",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   check_amqp_url, NULL, NULL);
+	DefineCustomStringVariable("ordflow.exchange",
+							   "Durable topic exchange ordflow declares and publishes to.",
+							   NULL, &ordflow_exchange, "ordflow",
+							   PGC_SIGHUP, 0, check_amqp_name, NULL, NULL);
+	DefineCustomStringVariable("ordflow.orders_queue",
+							   "Durable queue bound to order.#.",
+							   NULL, &ordflow_orders_queue, "ordflow.orders",
+							   PGC_SIGHUP, 0, check_amqp_name, NULL, NULL);
+	DefineCustomStringVariable("ordflow.user_events_queue",
+							   "Durable queue bound to user.#.",
+							   NULL, &ordflow_user_events_queue, "ordflow.user_events",
+							   PGC_SIGHUP, 0, check_amqp_name, NULL, NULL);
+	DefineCustomStringVariable("ordflow.queue_type",
+							   "Type of the queues ordflow declares: classic or quorum.",
+							   NULL, &ordflow_queue_type, "classic",
+							   PGC_SIGHUP, 0, check_queue_type, NULL, NULL);
+	DefineCustomRealVariable("ordflow.generator_rate",
+							 "Orders per second the generator makes when start() is given no rate.",
+							 NULL, &ordflow_generator_rate, 0.5, 0.001, OF_MAX_GENERATOR_RATE,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.consumers",
+							"Number of consumer workers.",
+							NULL, &ordflow_consumers, 1, 0, OF_MAX_CONSUMERS,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.batch_size",
+							"Maximum messages a consumer processes in one transaction.",
+							"1 processes every message in its own transaction (the naive mode).",
+							&ordflow_batch_size, 500, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.relay_batch_size",
+							"Maximum outbox rows the relay publishes in one transaction.",
+							NULL, &ordflow_relay_batch_size, 1000, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.prefetch",
+							"basic.qos prefetch count of each consumer.",
+							NULL, &ordflow_prefetch, 2000, 1, 65535,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.batch_wait_ms",
+							"How long a consumer waits for more messages to fill a batch.",
+							NULL, &ordflow_batch_wait_ms, 5, 0, 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.heartbeat",
+							"AMQP heartbeat interval.",
+							NULL, &ordflow_heartbeat, 30, 0, 600,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomRealVariable("ordflow.price_factor_min",
+							 "Lower bound of the factor quantity is multiplied by to make a price.",
+							 NULL, &ordflow_price_factor_min, 1.1, 0.0, 1e6,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable("ordflow.price_factor_max",
+							 "Upper bound of the factor quantity is multiplied by to make a price.",
+							 NULL, &ordflow_price_factor_max, 2.0, 0.0, 1e6,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("ordflow.amqp_tls_ca_file",
+							   "CA certificates that verify the broker (amqps://).",
+							   NULL, &ordflow_amqp_tls_ca_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("ordflow.amqp_tls_cert_file",
+							   "Client certificate presented to the broker (amqps://).",
+							   NULL, &ordflow_amqp_tls_cert_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("ordflow.amqp_tls_key_file",
+							   "Private key of the client certificate (amqps://).",
+							   NULL, &ordflow_amqp_tls_key_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomBoolVariable("ordflow.amqp_tls_verify",
+							 "Verify the broker's certificate and host name (amqps://).",
+							 "Turning this off is an explicit opt-out; never use it in production.",
+							 &ordflow_amqp_tls_verify, true,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.retention",
+							"Age after which processed order events and metrics history are deleted.",
+							"0 keeps everything.",
+							&ordflow_event_retention, 7 * 24 * 60, 0, INT_MAX / 2,
+							PGC_SIGHUP, GUC_UNIT_MIN, NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("ordflow");
+}
+
+static void
+ordflow_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(of_shmem_size());
+}
+
+static void
+ordflow_shmem_startup(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	of_shmem_startup();
+}
+
+void
+_PG_init(void)
+{
+	BackgroundWorker worker;
+
+	if (!process_shared_preload_libraries_in_progress)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("ordflow can only be loaded via shared_preload_libraries"),
+				 errhint("Add ordflow to shared_preload_libraries in postgresql.conf and restart the server.")));
+
+	define_settings();
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = ordflow_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = ordflow_shmem_startup;
+
+	/* pg_upgrade runs the server with workers that must not touch data. */
+	if (IsBinaryUpgrade)
+		return;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 5;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "ordflow");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "ordflow_supervisor_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "ordflow supervisor");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "ordflow supervisor");
+	RegisterBackgroundWorker(&worker);
+}

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# scripts/test.sh [t/NNN_name.pl ...] - ordflow's whole test suite, as root.
+#
+# Installs missing Debian packages, builds and installs the extension, then
+# runs as the unprivileged `postgres` user (initdb refuses root) in a private
+# copy of the tree under /var/tmp:
+#   1. C unit tests of the message parser (test/message_test.c, if present)
+#   2. pg_regress (sql/*.sql vs expected/*.out) on a temporary instance
+#   3. TAP tests (t/*.pl) with real PostgreSQL nodes and a private RabbitMQ
+#   4. static validation of docker/compose.yml
+# Exits non-zero if anything fails, printing regression.diffs and the TAP
+# logs.  Every server the run started is stopped and the copy removed
+# (ORDFLOW_KEEP=1 keeps the copy for a post-mortem).
+#
+# With arguments, runs only those TAP tests (after the build).
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+
+require_root
+ensure_packages
+
+WORK=$(mktemp -d /var/tmp/ordflow-test.XXXXXX) || die "mktemp failed"
+SRC=$WORK/src
+FAILED=()
+PASSED=()
+
+# Stop whatever a test left running under $WORK (only processes whose pid
+# files live there), then remove it.
+cleanup()
+{
+	local rc=$? f pid port
+	trap - EXIT INT TERM
+	if [ -d "$WORK" ]; then
+		while IFS= read -r f; do
+			pid=$(head -n1 "$f" 2>/dev/null)
+			if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+				say "stopping leftover postgres $pid ($f)"
+				kill -QUIT "$pid" 2>/dev/null
+			fi
+		done < <(find "$WORK" -name postmaster.pid 2>/dev/null)
+		while IFS= read -r f; do
+			pid=$(grep -o '[0-9]*' "$f" 2>/dev/null | head -n1)
+			if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
+				! grep -q '^[0-9]* ([^)]*) Z' "/proc/$pid/stat" 2>/dev/null; then
+				say "stopping leftover rabbitmq $pid ($f)"
+				kill -KILL "$pid" 2>/dev/null
+			fi
+		done < <(find "$WORK" -name rabbitmq.pid 2>/dev/null)
+		while IFS= read -r f; do
+			port=$(cat "$f" 2>/dev/null)
+			[ -n "$port" ] && epmd -port "$port" -kill >/dev/null 2>&1
+		done < <(find "$WORK" -name epmd.port 2>/dev/null)
+		if [ -n "${ORDFLOW_KEEP:-}" ]; then
+			say "kept $WORK"
+		else
+			rm -rf "$WORK"
+		fi
+	fi
+	exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# run_step NAME CMD...: runs it, records pass/fail, never aborts the run
+run_step()
+{
+	local name=$1
+	shift
+	step "$name"
+	if "$@"; then
+		PASSED+=("$name")
+	else
+		FAILED+=("$name")
+		return 1
+	fi
+}
+
+show_file()
+{
+	local f=$1
+	[ -s "$f" ] || return 0
+	printf '\n----- %s -----\n' "${f#"$SRC"/}"
+	cat "$f"
+}
+
+step "copying the tree to $SRC (owned by postgres)"
+copy_tree "$ROOT" "$SRC"
+chown -R postgres: "$WORK"
+
+if ! run_step "build" as_pg make -C "$SRC" -j2 PG_CONFIG="$PG_CONFIG"; then
+	say "build failed"
+	exit 1
+fi
+run_step "install (as root)" make -C "$SRC" install PG_CONFIG="$PG_CONFIG" >/dev/null || exit 1
+
+if [ $# -gt 0 ]; then
+	TAP_SELECTION="$*"
+else
+	TAP_SELECTION=""
+
+	# 1. C unit tests
+	if [ -f "$SRC/test/Makefile" ]; then
+		run_step "C unit tests (make -C test)" as_pg make -C "$SRC/test"
+	elif [ -f "$SRC/test/message_test.c" ]; then
+		run_step "C unit tests (test/message_test.c)" as_pg bash -c "
+			cd '$SRC' &&
+			cc -std=gnu99 -Wall -Wextra -O1 -g -Isrc -o test/message_test \
+				test/message_test.c src/order_message.c -lm &&
+			./test/message_test"
+	else
+		say "(no C unit tests yet: test/message_test.c is missing)"
+	fi
+
+	# 2. pg_regress
+	if compgen -G "$SRC/sql/*.sql" >/dev/null; then
+		if ! run_step "pg_regress (make installcheck, temp instance)" \
+			as_pg make -C "$SRC" installcheck TAP_TESTS= PG_CONFIG="$PG_CONFIG"; then
+			show_file "$SRC/regression.diffs"
+			for f in "$SRC"/log/postmaster.log "$SRC"/tmp_check/log/postmaster.log; do
+				[ -f "$f" ] && { printf '\n----- tail of %s -----\n' "$f"; tail -n 60 "$f"; }
+			done
+		fi
+	else
+		say "(no pg_regress tests yet: sql/*.sql is empty)"
+	fi
+fi
+
+# 3. TAP tests (PGXS's prove_installcheck: PATH has the PostgreSQL bindir,
+# PG_REGRESS and TESTDIR are set, perl lib has PostgreSQL::Test::*)
+if compgen -G "$SRC/t/*.pl" >/dev/null; then
+	if ! run_step "TAP tests (make installcheck, prove ${TAP_SELECTION:-t/*.pl})" \
+		as_pg make -C "$SRC" installcheck REGRESS= PG_CONFIG="$PG_CONFIG" \
+			PROVE_FLAGS="--timer" ${TAP_SELECTION:+PROVE_TESTS="$TAP_SELECTION"}; then
+		for f in "$SRC"/tmp_check/log/*; do
+			[ -f "$f" ] && show_file "$f"
+		done
+	fi
+else
+	say "(no TAP tests found)"
+fi
+
+# 4. docker/compose.yml, statically (no Docker engine needed)
+if [ -z "$TAP_SELECTION" ]; then
+	if [ -f "$ROOT/docker/compose.yml" ]; then
+		run_step "docker-compose config -q" \
+			docker-compose -f "$SRC/docker/compose.yml" config -q
+	else
+		FAILED+=("docker/compose.yml missing")
+	fi
+fi
+
+printf '\n==> summary\n'
+for s in "${PASSED[@]}"; do printf '  ok    %s\n' "$s"; done
+for s in "${FAILED[@]}"; do printf '  FAIL  %s\n' "$s"; done
+if [ ${#FAILED[@]} -gt 0 ]; then
+	printf 'FAILED\n'
+	exit 1
+fi
+printf 'all tests passed\n'
+exit 0

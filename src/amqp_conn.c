@@ -1,0 +1,728 @@
+/*-------------------------------------------------------------------------
+ *
+ * amqp_conn.c
+ *	  The broker connection of an ordflow worker.
+ *
+ * librabbitmq blocks in poll() and retries on EINTR, so a signal alone never
+ * gets a worker out of a stuck call (a publish into a broker that stopped
+ * reading under a memory alarm, say).  Two things guarantee it does:
+ * SIGTERM shuts the socket down, and a watchdog timer armed around every
+ * call that may block does the same when it fires.  A dead socket makes the
+ * library return at once with an error, and the worker goes on.
+ *
+ * Every wait happens in WaitLatchOrSocket(), after the library's own
+ * buffers were drained with a zero-timeout read.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <sys/socket.h>
+
+#include <amqp.h>
+#include <amqp_ssl_socket.h>
+#include <amqp_tcp_socket.h>
+
+#include "miscadmin.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/memutils.h"
+#include "utils/timeout.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "amqp_conn.h"
+#include "ordflow.h"
+
+#define OF_CONNECT_TIMEOUT_MS	5000
+#define OF_RPC_TIMEOUT_MS		10000
+#define OF_BACKOFF_MIN_MS		500
+#define OF_BACKOFF_MAX_MS		30000
+#define OF_FRAME_MAX			131072
+
+/* Socket the signal handlers may shut down; -1 when none. */
+static volatile int of_watch_fd = -1;
+static TimeoutId of_watchdog_id = MAX_TIMEOUTS;
+
+static void
+of_watchdog_handler(void)
+{
+	int			fd = of_watch_fd;
+
+	if (fd >= 0)
+		shutdown(fd, SHUT_RDWR);
+}
+
+void
+of_amqp_watchdog_arm(int ms)
+{
+	if (of_watchdog_id == MAX_TIMEOUTS)
+		of_watchdog_id = RegisterTimeout(USER_TIMEOUT, of_watchdog_handler);
+	enable_timeout_after(of_watchdog_id, ms);
+}
+
+void
+of_amqp_watchdog_disarm(void)
+{
+	if (of_watchdog_id != MAX_TIMEOUTS)
+		disable_timeout(of_watchdog_id, false);
+}
+
+/* SIGTERM: the usual die(), plus cut the socket so no library call lingers. */
+void
+of_amqp_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+	int			fd = of_watch_fd;
+
+	if (fd >= 0)
+		shutdown(fd, SHUT_RDWR);
+	errno = save_errno;
+	die(postgres_signal_arg);
+}
+
+/* ---- URLs ---- */
+
+bool
+of_amqp_url_valid(const char *url, char *reason, size_t len)
+{
+	struct amqp_connection_info info;
+	char	   *copy;
+	bool		ok = true;
+
+	if (url == NULL || url[0] == '\0')
+	{
+		strlcpy(reason, "The URL is empty.", len);
+		return false;
+	}
+	if (strlen(url) > 1000)
+	{
+		strlcpy(reason, "The URL is longer than 1000 bytes.", len);
+		return false;
+	}
+	copy = strdup(url);
+	if (copy == NULL)
+	{
+		strlcpy(reason, "out of memory", len);
+		return false;
+	}
+	amqp_default_connection_info(&info);
+	if (amqp_parse_url(copy, &info) != AMQP_STATUS_OK)
+	{
+		strlcpy(reason, "It is not a valid amqp:// or amqps:// URL.", len);
+		ok = false;
+	}
+	else if (info.host == NULL || info.host[0] == '\0')
+	{
+		strlcpy(reason, "The URL names no host.", len);
+		ok = false;
+	}
+	else if (info.port <= 0 || info.port > 65535)
+	{
+		strlcpy(reason, "The port must be between 1 and 65535.", len);
+		ok = false;
+	}
+	free(copy);
+	return ok;
+}
+
+/* The URL with its password replaced by "***", palloc'd. */
+char *
+of_redact_url(const char *url)
+{
+	const char *scheme_end;
+	const char *at;
+	const char *colon;
+	const char *slash;
+	StringInfoData buf;
+
+	if (url == NULL)
+		return pstrdup("");
+	scheme_end = strstr(url, "://");
+	if (scheme_end == NULL)
+		return pstrdup("(unparsable URL)");
+	scheme_end += 3;
+	slash = strchr(scheme_end, '/');
+	at = NULL;
+	for (const char *p = scheme_end; *p && (slash == NULL || p < slash); p++)
+		if (*p == '@')
+			at = p;
+	if (at == NULL)
+		return pstrdup(url);
+	colon = memchr(scheme_end, ':', at - scheme_end);
+	if (colon == NULL)
+		return pstrdup(url);
+	initStringInfo(&buf);
+	appendBinaryStringInfo(&buf, url, colon - url + 1);
+	appendStringInfoString(&buf, "***");
+	appendStringInfoString(&buf, at);
+	return buf.data;
+}
+
+/* Everything a connection depends on; a change means reconnect. */
+static char *
+settings_signature(void)
+{
+	return psprintf("%s|%s|%s|%s|%s|%s|%s|%s|%d|%d|%d",
+					ordflow_amqp_url, ordflow_exchange, ordflow_orders_queue,
+					ordflow_user_events_queue, ordflow_queue_type,
+					ordflow_amqp_tls_ca_file, ordflow_amqp_tls_cert_file,
+					ordflow_amqp_tls_key_file, (int) ordflow_amqp_tls_verify,
+					ordflow_heartbeat, ordflow_prefetch);
+}
+
+bool
+of_amqp_settings_changed(OfAmqp *a)
+{
+	char	   *sig;
+	bool		changed;
+
+	if (a->signature == NULL)
+		return false;
+	sig = settings_signature();
+	changed = strcmp(sig, a->signature) != 0;
+	pfree(sig);
+	return changed;
+}
+
+/* ---- errors ---- */
+
+void
+of_amqp_fail(OfAmqp *a, const char *fmt,...)
+{
+	va_list		args;
+
+	va_start(args, fmt);
+	vsnprintf(a->error, sizeof(a->error), fmt, args);
+	va_end(args);
+	a->connected = false;
+}
+
+static void
+reply_error(amqp_rpc_reply_t r, const char *what, char *buf, size_t len)
+{
+	switch (r.reply_type)
+	{
+		case AMQP_RESPONSE_NORMAL:
+			snprintf(buf, len, "%s: ok", what);
+			break;
+		case AMQP_RESPONSE_NONE:
+			snprintf(buf, len, "%s: missing RPC reply", what);
+			break;
+		case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+			snprintf(buf, len, "%s: %s", what, amqp_error_string2(r.library_error));
+			break;
+		case AMQP_RESPONSE_SERVER_EXCEPTION:
+			if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD)
+			{
+				amqp_connection_close_t *m = r.reply.decoded;
+
+				snprintf(buf, len, "%s: broker closed the connection: %d %.*s", what,
+						 m->reply_code, (int) m->reply_text.len,
+						 (char *) m->reply_text.bytes);
+			}
+			else if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD)
+			{
+				amqp_channel_close_t *m = r.reply.decoded;
+
+				snprintf(buf, len, "%s: broker closed the channel: %d %.*s", what,
+						 m->reply_code, (int) m->reply_text.len,
+						 (char *) m->reply_text.bytes);
+			}
+			else
+				snprintf(buf, len, "%s: unexpected broker method 0x%08X", what, r.reply.id);
+			break;
+	}
+}
+
+static bool
+rpc_ok(OfAmqp *a, const char *what)
+{
+	amqp_rpc_reply_t r = amqp_get_rpc_reply(a->conn);
+
+	if (r.reply_type == AMQP_RESPONSE_NORMAL)
+		return true;
+	reply_error(r, what, a->error, sizeof(a->error));
+	return false;
+}
+
+/* ---- connecting ---- */
+
+static amqp_table_t
+queue_arguments(amqp_table_entry_t *entries, char *dlx)
+{
+	amqp_table_t t;
+
+	entries[0].key = amqp_cstring_bytes("x-dead-letter-exchange");
+	entries[0].value.kind = AMQP_FIELD_KIND_UTF8;
+	entries[0].value.value.bytes = amqp_cstring_bytes(dlx);
+	t.entries = entries;
+	t.num_entries = 1;
+	if (strcmp(ordflow_queue_type, "quorum") == 0)
+	{
+		entries[1].key = amqp_cstring_bytes("x-queue-type");
+		entries[1].value.kind = AMQP_FIELD_KIND_UTF8;
+		entries[1].value.value.bytes = amqp_cstring_bytes("quorum");
+		t.num_entries = 2;
+	}
+	return t;
+}
+
+/* Declare the contract's topology; idempotent. */
+static bool
+declare_topology(OfAmqp *a)
+{
+	amqp_connection_state_t c = a->conn;
+	char	   *dlx = psprintf("%s.dlx", ordflow_exchange);
+	char	   *dead = psprintf("%s.dead", ordflow_exchange);
+	amqp_table_entry_t entries[2];
+	amqp_table_t args;
+
+	amqp_exchange_declare(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(ordflow_exchange),
+						  amqp_cstring_bytes("topic"), 0, 1, 0, 0, amqp_empty_table);
+	if (!rpc_ok(a, "declaring the exchange"))
+		return false;
+	amqp_exchange_declare(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(dlx),
+						  amqp_cstring_bytes("topic"), 0, 1, 0, 0, amqp_empty_table);
+	if (!rpc_ok(a, "declaring the dead-letter exchange"))
+		return false;
+	amqp_queue_declare(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(dead), 0, 1, 0, 0,
+					   amqp_empty_table);
+	if (!rpc_ok(a, "declaring the dead-letter queue"))
+		return false;
+	amqp_queue_bind(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(dead), amqp_cstring_bytes(dlx),
+					amqp_cstring_bytes("#"), amqp_empty_table);
+	if (!rpc_ok(a, "binding the dead-letter queue"))
+		return false;
+
+	args = queue_arguments(entries, dlx);
+	amqp_queue_declare(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(ordflow_orders_queue),
+					   0, 1, 0, 0, args);
+	if (!rpc_ok(a, "declaring the orders queue"))
+		return false;
+	amqp_queue_bind(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(ordflow_orders_queue),
+					amqp_cstring_bytes(ordflow_exchange), amqp_cstring_bytes("order.#"),
+					amqp_empty_table);
+	if (!rpc_ok(a, "binding the orders queue"))
+		return false;
+	amqp_queue_declare(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(ordflow_user_events_queue),
+					   0, 1, 0, 0, args);
+	if (!rpc_ok(a, "declaring the user events queue"))
+		return false;
+	amqp_queue_bind(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(ordflow_user_events_queue),
+					amqp_cstring_bytes(ordflow_exchange), amqp_cstring_bytes("user.#"),
+					amqp_empty_table);
+	if (!rpc_ok(a, "binding the user events queue"))
+		return false;
+	pfree(dlx);
+	pfree(dead);
+	return true;
+}
+
+static bool
+open_connection(OfAmqp *a, bool confirms)
+{
+	struct amqp_connection_info info;
+	char	   *url = pstrdup(ordflow_amqp_url);
+	amqp_socket_t *sock;
+	struct timeval tv;
+	int			status;
+	amqp_table_entry_t caps[4];
+	amqp_table_entry_t props[1];
+	amqp_table_t client_props;
+	amqp_rpc_reply_t r;
+
+	amqp_default_connection_info(&info);
+	if (amqp_parse_url(url, &info) != AMQP_STATUS_OK)
+	{
+		of_amqp_fail(a, "ordflow.amqp_url is not a valid URL");
+		return false;
+	}
+
+	a->conn = amqp_new_connection();
+	if (a->conn == NULL)
+	{
+		of_amqp_fail(a, "out of memory creating a broker connection");
+		return false;
+	}
+	if (info.ssl)
+	{
+		sock = amqp_ssl_socket_new(a->conn);
+		if (sock == NULL)
+		{
+			of_amqp_fail(a, "could not create a TLS socket");
+			return false;
+		}
+		amqp_ssl_socket_set_verify_peer(sock, ordflow_amqp_tls_verify);
+		amqp_ssl_socket_set_verify_hostname(sock, ordflow_amqp_tls_verify);
+		if (ordflow_amqp_tls_ca_file[0] != '\0' &&
+			amqp_ssl_socket_set_cacert(sock, ordflow_amqp_tls_ca_file) != AMQP_STATUS_OK)
+		{
+			of_amqp_fail(a, "could not load ordflow.amqp_tls_ca_file \"%s\"",
+						 ordflow_amqp_tls_ca_file);
+			return false;
+		}
+		if (ordflow_amqp_tls_verify && ordflow_amqp_tls_ca_file[0] == '\0')
+		{
+			of_amqp_fail(a, "amqps:// needs ordflow.amqp_tls_ca_file to verify the broker (or ordflow.amqp_tls_verify = off)");
+			return false;
+		}
+		if (ordflow_amqp_tls_cert_file[0] != '\0' &&
+			amqp_ssl_socket_set_key(sock, ordflow_amqp_tls_cert_file,
+									ordflow_amqp_tls_key_file) != AMQP_STATUS_OK)
+		{
+			of_amqp_fail(a, "could not load the client certificate \"%s\" or its key",
+						 ordflow_amqp_tls_cert_file);
+			return false;
+		}
+	}
+	else
+		sock = amqp_tcp_socket_new(a->conn);
+	if (sock == NULL)
+	{
+		of_amqp_fail(a, "could not create a socket");
+		return false;
+	}
+
+	tv.tv_sec = OF_CONNECT_TIMEOUT_MS / 1000;
+	tv.tv_usec = 0;
+	status = amqp_socket_open_noblock(sock, info.host, info.port, &tv);
+	if (status != AMQP_STATUS_OK)
+	{
+		of_amqp_fail(a, "could not connect to %s:%d: %s", info.host, info.port,
+					 amqp_error_string2(status));
+		return false;
+	}
+	a->fd = amqp_get_sockfd(a->conn);
+	of_watch_fd = a->fd;
+
+	amqp_set_handshake_timeout(a->conn, &tv);
+	tv.tv_sec = OF_RPC_TIMEOUT_MS / 1000;
+	amqp_set_rpc_timeout(a->conn, &tv);
+
+	/* Ask for connection.blocked so a memory alarm is seen, not suffered. */
+	caps[0].key = amqp_cstring_bytes("connection.blocked");
+	caps[1].key = amqp_cstring_bytes("publisher_confirms");
+	caps[2].key = amqp_cstring_bytes("consumer_cancel_notify");
+	caps[3].key = amqp_cstring_bytes("authentication_failure_close");
+	for (int i = 0; i < 4; i++)
+	{
+		caps[i].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+		caps[i].value.value.boolean = 1;
+	}
+	props[0].key = amqp_cstring_bytes("capabilities");
+	props[0].value.kind = AMQP_FIELD_KIND_TABLE;
+	props[0].value.value.table.entries = caps;
+	props[0].value.value.table.num_entries = 4;
+	client_props.entries = props;
+	client_props.num_entries = 1;
+
+	r = amqp_login_with_properties(a->conn, info.vhost, 0, OF_FRAME_MAX,
+								   ordflow_heartbeat, &client_props,
+								   AMQP_SASL_METHOD_PLAIN, info.user, info.password);
+	/* the password lives in url; wipe it now that login is done */
+	memset(url, 0, strlen(ordflow_amqp_url));
+	pfree(url);
+	if (r.reply_type != AMQP_RESPONSE_NORMAL)
+	{
+		reply_error(r, "login", a->error, sizeof(a->error));
+		a->connected = false;
+		return false;
+	}
+
+	amqp_channel_open(a->conn, OF_AMQP_CHANNEL);
+	if (!rpc_ok(a, "opening a channel"))
+		return false;
+	if (!declare_topology(a))
+		return false;
+	if (confirms)
+	{
+		amqp_confirm_select(a->conn, OF_AMQP_CHANNEL);
+		if (!rpc_ok(a, "enabling publisher confirms"))
+			return false;
+		a->confirms = true;
+		a->next_tag = 1;
+		a->acked_upto = 0;
+		a->nacked = false;
+	}
+	a->connected = true;
+	a->blocked = false;
+	return true;
+}
+
+void
+of_amqp_disconnect(OfAmqp *a, bool graceful)
+{
+	if (a->conn != NULL)
+	{
+		if (graceful && a->connected && !a->blocked)
+		{
+			of_amqp_watchdog_arm(2000);
+			amqp_channel_close(a->conn, OF_AMQP_CHANNEL, AMQP_REPLY_SUCCESS);
+			amqp_connection_close(a->conn, AMQP_REPLY_SUCCESS);
+			of_amqp_watchdog_disarm();
+		}
+		of_watch_fd = -1;
+		amqp_destroy_connection(a->conn);
+	}
+	a->conn = NULL;
+	a->fd = -1;
+	a->connected = false;
+	a->blocked = false;
+	a->confirms = false;
+	if (a->signature)
+		pfree(a->signature);
+	a->signature = NULL;
+}
+
+/*
+ * Connect if not connected and the backoff allows.  Returns true when
+ * connected; otherwise *wait_ms says how long to sleep before trying again.
+ * Logs one line per change of state, not one per attempt.
+ */
+bool
+of_amqp_ensure_connected(OfAmqp *a, bool confirms, long *wait_ms)
+{
+	TimestampTz now;
+	MemoryContext oldcxt;
+	bool		ok;
+
+	*wait_ms = 0;
+	if (a->conn != NULL && a->connected && !of_amqp_settings_changed(a))
+		return true;
+	if (a->conn != NULL)
+	{
+		bool		lost = !a->connected;
+
+		if (!lost)
+			ereport(LOG, (errmsg("ordflow: broker settings changed, reconnecting")));
+		of_amqp_disconnect(a, !lost);
+		if (lost && !a->failing)
+		{
+			ereport(LOG, (errmsg("ordflow: lost the broker connection: %s", a->error)));
+			a->failing = true;
+			a->backoff_ms = 0;
+			a->next_attempt = 0;
+		}
+	}
+
+	now = GetCurrentTimestamp();
+	if (a->next_attempt != 0 && now < a->next_attempt)
+	{
+		*wait_ms = (long) ((a->next_attempt - now) / 1000) + 1;
+		return false;
+	}
+
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	ok = open_connection(a, confirms);
+	if (ok)
+		a->signature = settings_signature();
+	MemoryContextSwitchTo(oldcxt);
+
+	if (ok)
+	{
+		char	   *redacted = of_redact_url(ordflow_amqp_url);
+
+		ereport(LOG, (errmsg("ordflow: %s to the broker at %s",
+							 a->failing ? "reconnected" : "connected", redacted)));
+		pfree(redacted);
+		a->failing = false;
+		a->backoff_ms = 0;
+		a->next_attempt = 0;
+		a->error[0] = '\0';
+		return true;
+	}
+
+	if (!a->failing)
+	{
+		char	   *redacted = of_redact_url(ordflow_amqp_url);
+
+		ereport(LOG,
+				(errmsg("ordflow: could not connect to the broker at %s: %s",
+						redacted, a->error),
+				 errdetail("Retrying with exponential backoff up to %d s; orders wait in the database.",
+						   OF_BACKOFF_MAX_MS / 1000)));
+		pfree(redacted);
+		a->failing = true;
+	}
+	else
+		elog(DEBUG1, "ordflow: broker still unreachable: %s", a->error);
+	of_amqp_disconnect(a, false);
+	of_amqp_fail(a, "%s", a->error);	/* keep the reason after the reset */
+
+	a->backoff_ms = a->backoff_ms == 0 ? OF_BACKOFF_MIN_MS : Min(a->backoff_ms * 2, OF_BACKOFF_MAX_MS);
+	a->next_attempt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), a->backoff_ms);
+	*wait_ms = a->backoff_ms;
+	return false;
+}
+
+/* ---- frames ---- */
+
+/*
+ * Handle a frame every worker cares about the same way.  Returns true when
+ * the frame was consumed here.
+ */
+static bool
+handle_common_frame(OfAmqp *a, amqp_frame_t *f)
+{
+	if (f->frame_type != AMQP_FRAME_METHOD)
+		return false;
+	switch (f->payload.method.id)
+	{
+		case AMQP_CONNECTION_BLOCKED_METHOD:
+			if (!a->blocked)
+				ereport(LOG, (errmsg("ordflow: the broker blocked publishing (resource alarm)")));
+			a->blocked = true;
+			return true;
+		case AMQP_CONNECTION_UNBLOCKED_METHOD:
+			if (a->blocked)
+				ereport(LOG, (errmsg("ordflow: the broker unblocked publishing")));
+			a->blocked = false;
+			return true;
+		case AMQP_BASIC_ACK_METHOD:
+			{
+				amqp_basic_ack_t *m = f->payload.method.decoded;
+
+				if (m->multiple)
+					a->acked_upto = Max(a->acked_upto, m->delivery_tag);
+				else if (m->delivery_tag == a->acked_upto + 1)
+					a->acked_upto = m->delivery_tag;
+				else
+					a->acked_upto = Max(a->acked_upto, m->delivery_tag);	/* single acks arrive in order */
+				return true;
+			}
+		case AMQP_BASIC_NACK_METHOD:
+			a->nacked = true;
+			return true;
+		case AMQP_CONNECTION_CLOSE_METHOD:
+			{
+				amqp_connection_close_t *m = f->payload.method.decoded;
+				amqp_connection_close_ok_t ok;
+
+				of_amqp_fail(a, "broker closed the connection: %d %.*s", m->reply_code,
+							 (int) m->reply_text.len, (char *) m->reply_text.bytes);
+				amqp_send_method(a->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+				return true;
+			}
+		case AMQP_CHANNEL_CLOSE_METHOD:
+			{
+				amqp_channel_close_t *m = f->payload.method.decoded;
+				amqp_channel_close_ok_t ok;
+
+				of_amqp_fail(a, "broker closed the channel: %d %.*s", m->reply_code,
+							 (int) m->reply_text.len, (char *) m->reply_text.bytes);
+				amqp_send_method(a->conn, f->channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+				return true;
+			}
+		case AMQP_BASIC_CANCEL_METHOD:
+			of_amqp_fail(a, "the broker cancelled the consumer (queue deleted?)");
+			return true;
+		default:
+			return false;
+	}
+}
+
+/*
+ * Next frame for the caller, waiting at most timeout_ms on the socket and
+ * the latch together.  Control frames (blocked, confirms, close) are
+ * handled here and never returned.
+ */
+OfWait
+of_amqp_next_frame(OfAmqp *a, amqp_frame_t *frame, long timeout_ms)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	struct timeval zero = {0, 0};
+
+	for (;;)
+	{
+		int			status;
+		long		remaining;
+		int			rc;
+
+		if (!a->connected)
+			return OF_WAIT_ERROR;
+
+		/* Drain what the library (or TLS) holds before sleeping. */
+		status = amqp_simple_wait_frame_noblock(a->conn, frame, &zero);
+		if (status == AMQP_STATUS_OK)
+		{
+			if (handle_common_frame(a, frame))
+			{
+				if (!a->connected)
+					return OF_WAIT_ERROR;
+				continue;
+			}
+			return OF_WAIT_FRAME;
+		}
+		if (status != AMQP_STATUS_TIMEOUT)
+		{
+			of_amqp_fail(a, "reading from the broker: %s", amqp_error_string2(status));
+			return OF_WAIT_ERROR;
+		}
+
+		remaining = (long) ((deadline - GetCurrentTimestamp()) / 1000);
+		if (remaining <= 0)
+			return OF_WAIT_TIMEOUT;
+		rc = WaitLatchOrSocket(MyLatch,
+							   WL_LATCH_SET | WL_SOCKET_READABLE | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							   a->fd, remaining, PG_WAIT_EXTENSION);
+		if (rc & WL_LATCH_SET)
+		{
+			ResetLatch(MyLatch);
+			return OF_WAIT_LATCH;
+		}
+	}
+}
+
+bool
+of_amqp_publish(OfAmqp *a, const char *exchange, const char *routing_key,
+				const char *body, size_t len, amqp_basic_properties_t *props)
+{
+	amqp_bytes_t b;
+	int			status;
+
+	b.bytes = (void *) body;
+	b.len = len;
+	status = amqp_basic_publish(a->conn, OF_AMQP_CHANNEL, amqp_cstring_bytes(exchange),
+								amqp_cstring_bytes(routing_key), 0, 0, props, b);
+	if (status != AMQP_STATUS_OK)
+	{
+		of_amqp_fail(a, "publishing: %s", amqp_error_string2(status));
+		return false;
+	}
+	if (a->confirms)
+		a->next_tag++;
+	return true;
+}
+
+bool
+of_amqp_ack(OfAmqp *a, uint64 delivery_tag)
+{
+	int			status;
+
+	of_amqp_watchdog_arm(OF_RPC_TIMEOUT_MS);
+	status = amqp_basic_ack(a->conn, OF_AMQP_CHANNEL, delivery_tag, 1);
+	of_amqp_watchdog_disarm();
+	if (status != AMQP_STATUS_OK)
+	{
+		of_amqp_fail(a, "acknowledging: %s", amqp_error_string2(status));
+		return false;
+	}
+	return true;
+}
+
+bool
+of_amqp_requeue(OfAmqp *a, uint64 delivery_tag)
+{
+	int			status;
+
+	of_amqp_watchdog_arm(OF_RPC_TIMEOUT_MS);
+	status = amqp_basic_nack(a->conn, OF_AMQP_CHANNEL, delivery_tag, 1, 1);
+	of_amqp_watchdog_disarm();
+	if (status != AMQP_STATUS_OK)
+	{
+		of_amqp_fail(a, "requeueing: %s", amqp_error_string2(status));
+		return false;
+	}
+	return true;
+}

@@ -1,0 +1,66 @@
+/*-------------------------------------------------------------------------
+ *
+ * amqp_conn.h
+ *	  A RabbitMQ connection owned by an ordflow worker: connect with
+ *	  timeouts and backoff, declare the topology, wait for frames on the
+ *	  latch and the socket together, publish with confirms.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef ORDFLOW_AMQP_CONN_H
+#define ORDFLOW_AMQP_CONN_H
+
+#include <amqp.h>
+
+#include "datatype/timestamp.h"
+
+#define OF_AMQP_CHANNEL 1
+#define OF_AMQP_ERRLEN 256
+
+typedef struct OfAmqp
+{
+	amqp_connection_state_t conn;
+	int			fd;
+	bool		connected;
+	bool		blocked;		/* broker sent connection.blocked */
+	bool		confirms;		/* channel is in confirm mode */
+	uint64		next_tag;		/* delivery tag of the next publish */
+	uint64		acked_upto;		/* every tag <= this was confirmed */
+	bool		nacked;			/* the broker refused a publish */
+	char	   *signature;		/* settings the connection was made with */
+	/* reconnecting */
+	int			backoff_ms;
+	TimestampTz next_attempt;
+	bool		failing;		/* the last attempt failed (logged once) */
+	char		error[OF_AMQP_ERRLEN];
+} OfAmqp;
+
+/* Results of of_amqp_next_frame(). */
+typedef enum OfWait
+{
+	OF_WAIT_FRAME,				/* *frame holds a frame for the caller */
+	OF_WAIT_TIMEOUT,
+	OF_WAIT_LATCH,				/* latch was set: check interrupts and state */
+	OF_WAIT_ERROR				/* connection lost; a->error says why */
+} OfWait;
+
+extern bool of_amqp_url_valid(const char *url, char *reason, size_t len);
+extern char *of_redact_url(const char *url);
+
+extern bool of_amqp_ensure_connected(OfAmqp *a, bool confirms, long *wait_ms);
+extern void of_amqp_disconnect(OfAmqp *a, bool graceful);
+extern void of_amqp_fail(OfAmqp *a, const char *fmt,...) pg_attribute_printf(2, 3);
+extern bool of_amqp_settings_changed(OfAmqp *a);
+
+extern OfWait of_amqp_next_frame(OfAmqp *a, amqp_frame_t *frame, long timeout_ms);
+extern bool of_amqp_publish(OfAmqp *a, const char *exchange, const char *routing_key,
+							const char *body, size_t len,
+							amqp_basic_properties_t *props);
+extern bool of_amqp_ack(OfAmqp *a, uint64 delivery_tag);
+extern bool of_amqp_requeue(OfAmqp *a, uint64 delivery_tag);
+
+extern void of_amqp_watchdog_arm(int ms);
+extern void of_amqp_watchdog_disarm(void);
+extern void of_amqp_sigterm(SIGNAL_ARGS);
+
+#endif							/* ORDFLOW_AMQP_CONN_H */

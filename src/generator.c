@@ -1,0 +1,266 @@
+/*-------------------------------------------------------------------------
+ *
+ * generator.c
+ *	  The generator worker: while started, makes orders at the current rate
+ *	  with a token bucket, several per transaction when the rate is high.
+ *	  Each transaction inserts the orders, their 'initialised' events and
+ *	  their outbox rows set-wise, then wakes the relay.  It never talks to
+ *	  the broker.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "storage/ipc.h"
+
+#include "ordflow.h"
+#include "worker_common.h"
+
+/* Most orders made in one transaction, whatever the backlog of tokens. */
+#define GEN_MAX_BATCH		5000
+/* Shortest pause between two transactions at high rates. */
+#define GEN_MIN_TICK_MS		10
+/* How often the list of users to pick from is refreshed. */
+#define GEN_USERS_REFRESH_MS 1000
+#define GEN_USERS_SAMPLE	100000
+
+static const char *insert_orders_sql =
+"WITH o AS ("
+"  INSERT INTO ordflow.orders (uid, symbol, quantity, status, source)"
+"  SELECT v.uid, v.symbol, v.quantity, 'initialised', 'generator'"
+"    FROM pg_catalog.unnest($1::pg_catalog.int8[], $2::pg_catalog.text[], $3::pg_catalog.int4[])"
+"         AS v(uid, symbol, quantity)"
+"  RETURNING order_id, uid, symbol, quantity, amount, created_at),"
+" e AS ("
+"  INSERT INTO ordflow.order_events (order_id, uid, status, event_time, amount)"
+"  SELECT order_id, uid, 'initialised', created_at, amount FROM o)"
+" INSERT INTO ordflow.outbox (order_id, routing_key, payload)"
+" SELECT order_id, 'order.created',"
+"        pg_catalog.json_build_object('order_id', order_id, 'uid', uid, 'symbol', symbol,"
+"          'quantity', quantity, 'amount', amount, 'created_at',"
+"          pg_catalog.to_char(created_at OPERATOR(pg_catalog.AT TIME ZONE) 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))::text"
+"   FROM o";
+
+static SPIPlanPtr insert_plan = NULL;
+
+/* Users to pick from, refreshed every second. */
+static int64 *user_ids = NULL;
+static int	n_user_ids = 0;
+static TimestampTz users_loaded_at = 0;
+static uint32 users_truncate_version = 0;
+
+static void
+refresh_users(void)
+{
+	MemoryContext oldcxt;
+	uint64		i;
+
+	if (SPI_execute("SELECT uid FROM ordflow.users LIMIT " CppAsString2(GEN_USERS_SAMPLE),
+					true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read ordflow.users");
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	if (user_ids)
+		pfree(user_ids);
+	user_ids = palloc(sizeof(int64) * Max(SPI_processed, 1));
+	MemoryContextSwitchTo(oldcxt);
+	n_user_ids = (int) SPI_processed;
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		user_ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+												  SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	users_loaded_at = GetCurrentTimestamp();
+}
+
+/* Make n orders in the current transaction. */
+static void
+make_orders(int n)
+{
+	static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+	Datum	   *uids = palloc(sizeof(Datum) * n);
+	bool	   *uid_nulls = palloc(sizeof(bool) * n);
+	Datum	   *symbols = palloc(sizeof(Datum) * n);
+	Datum	   *quantities = palloc(sizeof(Datum) * n);
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	Datum		args[3];
+	int			i;
+	uint32		truncate_version;
+
+	SpinLockAcquire(&OfState->mutex);
+	truncate_version = OfState->truncate_version;
+	SpinLockRelease(&OfState->mutex);
+	if (user_ids == NULL || truncate_version != users_truncate_version ||
+		TimestampDifferenceExceeds(users_loaded_at, GetCurrentTimestamp(), GEN_USERS_REFRESH_MS))
+	{
+		refresh_users();
+		users_truncate_version = truncate_version;
+	}
+
+	for (i = 0; i < n; i++)
+	{
+		char		sym[3];
+
+		if (n_user_ids > 0)
+		{
+			uids[i] = Int64GetDatum(user_ids[pg_prng_uint64_range(&pg_global_prng_state, 0, n_user_ids - 1)]);
+			uid_nulls[i] = false;
+		}
+		else
+		{
+			uids[i] = (Datum) 0;
+			uid_nulls[i] = true;
+		}
+		for (int j = 0; j < 3; j++)
+			sym[j] = alphabet[pg_prng_uint64_range(&pg_global_prng_state, 0, 35)];
+		symbols[i] = PointerGetDatum(cstring_to_text_with_len(sym, 3));
+		quantities[i] = Int32GetDatum((int32) pg_prng_uint64_range(&pg_global_prng_state, 1, 10));
+	}
+
+	args[0] = PointerGetDatum(construct_md_array(uids, uid_nulls, 1, dims, lbs,
+												 INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[1] = PointerGetDatum(construct_array(symbols, n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[2] = PointerGetDatum(construct_array(quantities, n, INT4OID, 4, true, TYPALIGN_INT));
+
+	if (insert_plan == NULL)
+	{
+		Oid			types[3] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID};
+
+		insert_plan = SPI_prepare(insert_orders_sql, 3, types);
+		if (insert_plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(insert_plan);
+	}
+	if (SPI_execute_plan(insert_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not insert generated orders");
+}
+
+/* One transaction making n orders; false if it failed (already logged). */
+static bool
+generate(OfWorkerSlot *slot, MemoryContext cxt, int n, bool *missing)
+{
+	volatile bool ok = true;
+
+	PG_TRY();
+	{
+		of_begin_tx("ordflow generator: making orders");
+		if (of_extension_exists())
+		{
+			MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+
+			make_orders(n);
+			MemoryContextSwitchTo(oldcxt);
+		}
+		else
+			*missing = true;
+		of_commit_tx();
+	}
+	PG_CATCH();
+	{
+		of_report_error(slot, "generator");
+		ok = false;
+	}
+	PG_END_TRY();
+	if (!ok)
+		of_worker_wait(1000);
+	return ok && !*missing;
+}
+
+void
+ordflow_generator_main(Datum main_arg)
+{
+	OfWorkerSlot *slot;
+	MemoryContext loop_cxt;
+	double		tokens = 0.0;
+	TimestampTz last_refill = 0;
+	uint32		seen_version = 0;
+
+	slot = of_worker_start(OF_SLOT_GENERATOR, OF_WORKER_GENERATOR, 0);
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "ordflow generator loop",
+									 ALLOCSET_DEFAULT_SIZES);
+
+	while (true)
+	{
+		bool		running;
+		double		rate;
+		uint32		version;
+		TimestampTz now;
+		long		wait_ms;
+		int			n;
+
+		of_worker_interrupts();
+		MemoryContextReset(loop_cxt);
+
+		SpinLockAcquire(&OfState->mutex);
+		running = OfState->gen_running;
+		rate = OfState->gen_rate > 0 ? OfState->gen_rate : ordflow_generator_rate;
+		version = OfState->gen_version;
+		SpinLockRelease(&OfState->mutex);
+
+		if (!running)
+		{
+			of_slot_set_state(slot, "stopped");
+			tokens = 0.0;
+			last_refill = 0;
+			of_worker_wait(10000);
+			continue;
+		}
+
+		/* A start() or a new rate restarts the bucket with one token, so
+		 * the first order comes at once. */
+		now = GetCurrentTimestamp();
+		if (version != seen_version || last_refill == 0)
+		{
+			seen_version = version;
+			tokens = 1.0;
+			last_refill = now;
+		}
+		else
+		{
+			tokens += rate * (double) (now - last_refill) / 1000000.0;
+			last_refill = now;
+		}
+		/* Never let a stall turn into a burst larger than a second's worth. */
+		tokens = Min(tokens, Max(rate, 1.0));
+
+		n = (int) Min(tokens, (double) GEN_MAX_BATCH);
+		if (n >= 1)
+		{
+			bool		missing = false;
+			bool		ok;
+
+			of_slot_set_state(slot, "generating");
+			ok = generate(slot, loop_cxt, n, &missing);
+			if (!ok)
+				tokens = 0.0;
+			/* Extension dropped: leave quietly; the supervisor decides. */
+			if (missing)
+				proc_exit(0);
+			if (ok)
+			{
+				tokens -= n;
+				of_slot_add_processed(slot, n);
+				of_wake_slot(OF_SLOT_RELAY);
+			}
+		}
+
+		/* Sleep until the next whole token, but not less than a tick. */
+		if (tokens >= 1.0)
+			wait_ms = GEN_MIN_TICK_MS;
+		else
+			wait_ms = (long) ((1.0 - tokens) * 1000.0 / rate) + 1;
+		of_worker_wait(Max(wait_ms, GEN_MIN_TICK_MS));
+	}
+}

@@ -1,0 +1,926 @@
+/*-------------------------------------------------------------------------
+ *
+ * order_processing.c
+ *	  Turning a batch of consumed messages into processed orders, events,
+ *	  debits, metrics and dead letters, inside the caller's transaction.
+ *
+ * Orders are processed set-wise: a handful of statements per batch however
+ * large it is.  Steps: insert outside producers' orders that we have never
+ * seen; lock every order row of the batch (in order_id order); decide per
+ * message whether it is new, a duplicate, a conflict or stale; lock the
+ * users concerned (in uid order, so concurrent consumers never deadlock);
+ * run the credit checks in C in delivery order; write everything back.
+ *
+ * The set-wise pass runs in a subtransaction.  If it fails for a reason
+ * tied to the data, each order is redone alone in its own subtransaction,
+ * so one bad message is dead-lettered without poisoning the batch.  Errors
+ * that are nobody's fault (deadlock, serialization, shutdown) are rethrown:
+ * the caller rolls back and requeues everything.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/resowner.h"
+#include "utils/timestamp.h"
+
+#include "order_processing.h"
+#include "ordflow.h"
+
+#define OF_HIST_BUCKETS 256
+#define NUMERICARRAYOID_ 1231	/* numeric[] */
+#define TIMESTAMPTZARRAYOID_ 1185	/* timestamptz[] */
+
+typedef enum PlanId
+{
+	PLAN_INSERT_EXTERNAL,
+	PLAN_LOCK_ORDERS,
+	PLAN_LOCK_USERS,
+	PLAN_APPLY,
+	PLAN_METRICS,
+	PLAN_DEAD_LETTERS,
+	PLAN_USER_EVENT,
+	NUM_PLANS
+} PlanId;
+
+static const char *plan_sql[NUM_PLANS] = {
+	/* PLAN_INSERT_EXTERNAL: an outside producer's orders, first sighting */
+	"WITH ins AS ("
+	"  INSERT INTO ordflow.orders (order_id, uid, symbol, quantity, amount, created_at, status, source)"
+	"  SELECT v.order_id, v.uid, v.symbol, v.quantity, v.amount, v.created_at, 'initialised', 'broker'"
+	"    FROM pg_catalog.unnest($1::pg_catalog.int8[], $2::pg_catalog.int8[], $3::pg_catalog.text[],"
+	"                           $4::pg_catalog.int4[], $5::pg_catalog.numeric[], $6::pg_catalog.timestamptz[])"
+	"         AS v(order_id, uid, symbol, quantity, amount, created_at)"
+	"  ON CONFLICT (order_id) DO NOTHING"
+	"  RETURNING order_id, uid, amount, created_at)"
+	" INSERT INTO ordflow.order_events (order_id, uid, status, event_time, amount)"
+	" SELECT order_id, uid, 'initialised', created_at, amount FROM ins",
+
+	/* PLAN_LOCK_ORDERS */
+	"SELECT order_id, uid, symbol, quantity, amount, status::pg_catalog.text, created_at"
+	"  FROM ordflow.orders WHERE order_id = ANY ($1::pg_catalog.int8[])"
+	" ORDER BY order_id FOR UPDATE",
+
+	/* PLAN_LOCK_USERS */
+	"SELECT uid, credit_balance FROM ordflow.users WHERE uid = ANY ($1::pg_catalog.int8[])"
+	" ORDER BY uid FOR UPDATE",
+
+	/* PLAN_APPLY */
+	"WITH v AS ("
+	"  SELECT * FROM pg_catalog.unnest($1::pg_catalog.int8[], $2::pg_catalog.text[],"
+	"         $3::pg_catalog.numeric[], $4::pg_catalog.text[], $5::pg_catalog.int8[], $6::pg_catalog.numeric[])"
+	"         AS v(order_id, status, price, notes, uid, event_amount)),"
+	" upd AS ("
+	"  UPDATE ordflow.orders o SET status = v.status::ordflow.order_status, execution_price = v.price,"
+	"         notes = v.notes, processed_at = $7"
+	"    FROM v WHERE o.order_id = v.order_id),"
+	" ev AS ("
+	"  INSERT INTO ordflow.order_events (order_id, uid, status, event_time, amount, notes)"
+	"  SELECT v.order_id, v.uid, v.status::ordflow.order_status, $7, v.event_amount, v.notes FROM v)"
+	" UPDATE ordflow.users u SET credit_balance = b.balance, updated_at = $7"
+	"   FROM pg_catalog.unnest($8::pg_catalog.int8[], $9::pg_catalog.numeric[]) AS b(uid, balance)"
+	"  WHERE u.uid = b.uid",
+
+	/* PLAN_METRICS: per-worker rows, so consumers never queue on one row */
+	"WITH t AS ("
+	"  INSERT INTO ordflow.metrics_totals AS t"
+	"         (worker, processed, completed, declined, sum_price, latency_hist, last_processed_at)"
+	"  VALUES ($1, $2, $3, $4, $5, $6, $7)"
+	"  ON CONFLICT (worker) DO UPDATE SET"
+	"    processed = t.processed + excluded.processed,"
+	"    completed = t.completed + excluded.completed,"
+	"    declined = t.declined + excluded.declined,"
+	"    sum_price = t.sum_price + excluded.sum_price,"
+	"    latency_hist = ARRAY(SELECT COALESCE(h.a, 0) + COALESCE(h.b, 0)"
+	"                           FROM pg_catalog.unnest(t.latency_hist, excluded.latency_hist)"
+	"                                WITH ORDINALITY AS h(a, b, i) ORDER BY h.i),"
+	"    last_processed_at = GREATEST(t.last_processed_at, excluded.last_processed_at))"
+	" INSERT INTO ordflow.metrics_minute AS m"
+	"        (minute, worker, processed, completed, declined, sum_price, latency_hist)"
+	" VALUES (pg_catalog.date_trunc('minute', $7), $1, $2, $3, $4, $5, $6)"
+	" ON CONFLICT (minute, worker) DO UPDATE SET"
+	"    processed = m.processed + excluded.processed,"
+	"    completed = m.completed + excluded.completed,"
+	"    declined = m.declined + excluded.declined,"
+	"    sum_price = m.sum_price + excluded.sum_price,"
+	"    latency_hist = ARRAY(SELECT COALESCE(h.a, 0) + COALESCE(h.b, 0)"
+	"                           FROM pg_catalog.unnest(m.latency_hist, excluded.latency_hist)"
+	"                                WITH ORDINALITY AS h(a, b, i) ORDER BY h.i)",
+
+	/* PLAN_DEAD_LETTERS */
+	"INSERT INTO ordflow.dead_letters"
+	"       (queue, routing_key, body, body_text, error, redelivered, message_id, correlation_id)"
+	" SELECT * FROM pg_catalog.unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.bytea[],"
+	"        $4::pg_catalog.text[], $5::pg_catalog.text[], $6::pg_catalog.bool[], $7::pg_catalog.text[],"
+	"        $8::pg_catalog.text[])",
+
+	/* PLAN_USER_EVENT */
+	"SELECT ordflow.user_event($1::pg_catalog.jsonb)::pg_catalog.text"
+};
+
+static const int plan_nargs[NUM_PLANS] = {6, 1, 1, 9, 7, 8, 1};
+static const Oid plan_types[NUM_PLANS][9] = {
+	{INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, NUMERICARRAYOID_, TIMESTAMPTZARRAYOID_},
+	{INT8ARRAYOID},
+	{INT8ARRAYOID},
+	{INT8ARRAYOID, TEXTARRAYOID, NUMERICARRAYOID_, TEXTARRAYOID, INT8ARRAYOID, NUMERICARRAYOID_,
+	TIMESTAMPTZOID, INT8ARRAYOID, NUMERICARRAYOID_},
+	{INT4OID, INT8OID, INT8OID, INT8OID, NUMERICOID, INT8ARRAYOID, TIMESTAMPTZOID},
+	{TEXTARRAYOID, TEXTARRAYOID, BYTEAARRAYOID, TEXTARRAYOID, TEXTARRAYOID, BOOLARRAYOID,
+	TEXTARRAYOID, TEXTARRAYOID},
+	{TEXTOID}
+};
+
+static SPIPlanPtr plans[NUM_PLANS];
+
+void
+of_processing_reset_plans(void)
+{
+	for (int i = 0; i < NUM_PLANS; i++)
+	{
+		if (plans[i])
+			SPI_freeplan(plans[i]);
+		plans[i] = NULL;
+	}
+}
+
+static void
+run_plan(PlanId id, Datum *values, const char *nulls, int expected)
+{
+	int			rc;
+
+	if (plans[id] == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(plan_sql[id], plan_nargs[id], (Oid *) plan_types[id]);
+
+		if (p == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		plans[id] = p;
+	}
+	rc = SPI_execute_plan(plans[id], values, nulls, false, 0);
+	if (rc != expected)
+		elog(ERROR, "ordflow: unexpected SPI result %s", SPI_result_code_string(rc));
+}
+
+/* ---- small array builders (palloc in the current context) ---- */
+
+typedef struct ArrBuild
+{
+	Datum	   *values;
+	bool	   *nulls;
+	int			n;
+} ArrBuild;
+
+static void
+arr_init(ArrBuild *b, int cap)
+{
+	b->values = palloc(sizeof(Datum) * Max(cap, 1));
+	b->nulls = palloc(sizeof(bool) * Max(cap, 1));
+	b->n = 0;
+}
+
+static void
+arr_add(ArrBuild *b, Datum v, bool isnull)
+{
+	b->values[b->n] = v;
+	b->nulls[b->n] = isnull;
+	b->n++;
+}
+
+static Datum
+arr_make(ArrBuild *b, Oid elemtype)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			dims[1] = {b->n};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_md_array(b->values, b->nulls, 1, dims, lbs,
+											  elemtype, typlen, typbyval, typalign));
+}
+
+/* Append a text element; NULL pointer means SQL NULL. */
+static void
+arr_add_text(ArrBuild *b, const char *s)
+{
+	if (s == NULL)
+		arr_add(b, (Datum) 0, true);
+	else
+		arr_add(b, CStringGetTextDatum(s), false);
+}
+
+/* ---- errors ---- */
+
+/* Errors that say nothing about the message: retry the batch later. */
+static bool
+is_transient(int sqlerrcode)
+{
+	switch (ERRCODE_TO_CATEGORY(sqlerrcode))
+	{
+		case ERRCODE_TRANSACTION_ROLLBACK:	/* deadlock, serialization */
+		case ERRCODE_INSUFFICIENT_RESOURCES:
+		case ERRCODE_OPERATOR_INTERVENTION: /* shutdown, cancel */
+		case ERRCODE_SYSTEM_ERROR:
+		case ERRCODE_CONNECTION_EXCEPTION:
+			return true;
+		default:
+			break;
+	}
+	return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+		sqlerrcode == ERRCODE_UNDEFINED_TABLE ||	/* extension being dropped */
+		sqlerrcode == ERRCODE_UNDEFINED_FUNCTION ||
+		sqlerrcode == ERRCODE_READ_ONLY_SQL_TRANSACTION;
+}
+
+typedef void (*SubxactFn) (void *arg);
+
+/*
+ * Run fn in a subtransaction.  Returns NULL on success, or the error (with
+ * the subtransaction rolled back) when it is tied to the data; rethrows
+ * transient errors.
+ */
+static ErrorData *
+run_in_subxact(SubxactFn fn, void *arg)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	ErrorData  *volatile edata = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		fn(arg);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		if (is_transient(edata->sqlerrcode))
+			ReThrowError(edata);
+	}
+	PG_END_TRY();
+	return edata;
+}
+
+/* ---- orders ---- */
+
+typedef struct OrderWork
+{
+	OfMessage **msgs;			/* order messages to process, delivery order */
+	int			n;
+	int			worker_no;
+	OfBatchStats *stats;
+	/* metrics of this pass */
+	int64		completed;
+	int64		declined;
+	Datum		sum_price;
+	int64		hist[OF_HIST_BUCKETS];
+	TimestampTz processed_at;
+} OrderWork;
+
+typedef struct Slot
+{
+	OfMessage  *m;
+	int			pos;			/* delivery order */
+	/* from the locked row */
+	bool		found;
+	TimestampTz created_at;
+	Datum		price;
+	bool		has_price;
+} Slot;
+
+static int
+cmp_slot_order_id(const void *a, const void *b)
+{
+	const Slot *x = a;
+	const Slot *y = b;
+
+	if (x->m->order.order_id != y->m->order.order_id)
+		return x->m->order.order_id < y->m->order.order_id ? -1 : 1;
+	return x->pos - y->pos;
+}
+
+static int
+cmp_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return x < y ? -1 : (x > y ? 1 : 0);
+}
+
+static Datum
+numeric_from_text(const char *s)
+{
+	return DirectFunctionCall3(numeric_in, CStringGetDatum(s),
+							   ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+}
+
+static bool
+numeric_same(Datum a, Datum b)
+{
+	return DatumGetInt32(DirectFunctionCall2(numeric_cmp, a, b)) == 0;
+}
+
+/* Does the message say the same as the stored row? */
+static bool
+same_content(OfOrderMsg *o, HeapTuple tup, TupleDesc desc)
+{
+	bool		isnull;
+	Datum		d;
+
+	d = SPI_getbinval(tup, desc, 2, &isnull);
+	if (isnull != !o->has_uid || (!isnull && DatumGetInt64(d) != o->uid))
+		return false;
+	d = SPI_getbinval(tup, desc, 3, &isnull);
+	if (isnull != !o->has_symbol)
+		return false;
+	if (!isnull)
+	{
+		char	   *sym = TextDatumGetCString(d);
+		char	   *msym = pg_any_to_server(o->symbol, strlen(o->symbol), PG_UTF8);
+
+		if (strcmp(sym, msym) != 0)
+			return false;
+	}
+	d = SPI_getbinval(tup, desc, 4, &isnull);
+	if (isnull != !o->has_quantity || (!isnull && DatumGetInt32(d) != o->quantity))
+		return false;
+	d = SPI_getbinval(tup, desc, 5, &isnull);
+	if (isnull != !o->has_amount)
+		return false;
+	if (!isnull && !numeric_same(d, numeric_from_text(o->amount)))
+		return false;
+	return true;
+}
+
+static Datum
+price_of(OfOrderMsg *o)
+{
+	double		lo = Min(ordflow_price_factor_min, ordflow_price_factor_max);
+	double		hi = Max(ordflow_price_factor_min, ordflow_price_factor_max);
+	double		factor;
+	Datum		price;
+
+	if (o->has_amount)
+		return numeric_from_text(o->amount);
+	factor = lo + (hi - lo) * pg_prng_double(&pg_global_prng_state);
+	price = DirectFunctionCall2(numeric_mul,
+								DirectFunctionCall1(int4_numeric, Int32GetDatum(o->quantity)),
+								DirectFunctionCall1(float8_numeric, Float8GetDatum(factor)));
+	return DirectFunctionCall2(numeric_round, price, Int32GetDatum(4));
+}
+
+static int
+latency_bucket(double ms)
+{
+	int			i;
+
+	if (!(ms >= 0.01))
+		return 0;
+	i = 1 + (int) floor(8.0 * log2(ms / 0.01));
+	return Min(Max(i, 1), OF_HIST_BUCKETS - 1);
+}
+
+static void
+insert_external(Slot *slots, int n)
+{
+	ArrBuild	ids,
+				uids,
+				syms,
+				qtys,
+				amts,
+				times;
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	TimestampTz now = GetCurrentTimestamp();
+	int			count = 0;
+
+	arr_init(&ids, n);
+	arr_init(&uids, n);
+	arr_init(&syms, n);
+	arr_init(&qtys, n);
+	arr_init(&amts, n);
+	arr_init(&times, n);
+	for (int i = 0; i < n; i++)
+	{
+		OfOrderMsg *o = &slots[i].m->order;
+
+		if (slots[i].m->from_outbox)
+			continue;
+		if (i > 0 && slots[i - 1].m->order.order_id == o->order_id)
+			continue;
+		arr_add(&ids, Int64GetDatum(o->order_id), false);
+		arr_add(&uids, Int64GetDatum(o->uid), !o->has_uid);
+		arr_add(&syms, o->has_symbol ?
+				CStringGetTextDatum(pg_any_to_server(o->symbol, strlen(o->symbol), PG_UTF8)) : 0,
+				!o->has_symbol);
+		arr_add(&qtys, Int32GetDatum(o->quantity), !o->has_quantity);
+		arr_add(&amts, o->has_amount ? numeric_from_text(o->amount) : 0, !o->has_amount);
+		arr_add(&times, o->has_created_at ?
+				DirectFunctionCall3(timestamptz_in, CStringGetDatum(o->created_at),
+									ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)) :
+				TimestampTzGetDatum(now), false);
+		count++;
+	}
+	if (count == 0)
+		return;
+	values[0] = arr_make(&ids, INT8OID);
+	values[1] = arr_make(&uids, INT8OID);
+	values[2] = arr_make(&syms, TEXTOID);
+	values[3] = arr_make(&qtys, INT4OID);
+	values[4] = arr_make(&amts, NUMERICOID);
+	values[5] = arr_make(&times, TIMESTAMPTZOID);
+	run_plan(PLAN_INSERT_EXTERNAL, values, nulls, SPI_OK_INSERT);
+}
+
+static void
+process_orders(void *arg)
+{
+	OrderWork  *w = arg;
+	int			n = w->n;
+	Slot	   *slots = palloc0(sizeof(Slot) * n);
+	Slot	  **todo = palloc(sizeof(Slot *) * n);
+	int			ntodo = 0;
+	ArrBuild	ids;
+	Datum		values[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	SPITupleTable *rows;
+	uint64		nrows;
+	int64		taken_id;
+	uint64		r;
+	int64	   *uids;
+	int			nuids = 0;
+	Datum	   *balances = NULL;
+	bool	   *balance_found = NULL;
+	bool	   *balance_changed = NULL;
+	ArrBuild	a_id,
+				a_status,
+				a_price,
+				a_notes,
+				a_uid,
+				a_evamt,
+				u_id,
+				u_bal;
+
+	for (int i = 0; i < n; i++)
+	{
+		w->msgs[i]->outcome = OF_OUT_PENDING;
+		slots[i].m = w->msgs[i];
+		slots[i].pos = i;
+	}
+	qsort(slots, n, sizeof(Slot), cmp_slot_order_id);
+
+	/* 1. Outside producers' orders we have not seen yet. */
+	insert_external(slots, n);
+
+	/* 2. Lock every order of the batch, in order_id order. */
+	arr_init(&ids, n);
+	for (int i = 0; i < n; i++)
+		if (i == 0 || slots[i - 1].m->order.order_id != slots[i].m->order.order_id)
+			arr_add(&ids, Int64GetDatum(slots[i].m->order.order_id), false);
+	values[0] = arr_make(&ids, INT8OID);
+	run_plan(PLAN_LOCK_ORDERS, values, nulls, SPI_OK_SELECT);
+	rows = SPI_tuptable;
+	nrows = SPI_processed;
+
+	/* 3. Classify, merging the sorted rows with the sorted messages. */
+	r = 0;
+	taken_id = 0;					/* order ids are >= 1 */
+	for (int i = 0; i < n; i++)
+	{
+		Slot	   *s = &slots[i];
+		OfOrderMsg *o = &s->m->order;
+		HeapTuple	tup = NULL;
+		bool		isnull;
+
+		while (r < nrows &&
+			   DatumGetInt64(SPI_getbinval(rows->vals[r], rows->tupdesc, 1, &isnull)) < o->order_id)
+			r++;
+		if (r < nrows &&
+			DatumGetInt64(SPI_getbinval(rows->vals[r], rows->tupdesc, 1, &isnull)) == o->order_id)
+			tup = rows->vals[r];
+
+		if (tup == NULL)
+		{
+			/* Ours, but the row is gone: truncate() emptied the tables. */
+			s->m->outcome = OF_OUT_STALE;
+			w->stats->stale++;
+			continue;
+		}
+		if (!same_content(o, tup, rows->tupdesc))
+		{
+			s->m->outcome = OF_OUT_DEAD;
+			s->m->error = psprintf("order_id " INT64_FORMAT " already exists with different content", o->order_id);
+			continue;
+		}
+		if (o->order_id == taken_id)
+		{
+			/* a second copy within this batch */
+			s->m->outcome = OF_OUT_DUPLICATE;
+			w->stats->duplicates++;
+			continue;
+		}
+		if (strcmp(TextDatumGetCString(SPI_getbinval(tup, rows->tupdesc, 6, &isnull)), "initialised") != 0)
+		{
+			s->m->outcome = OF_OUT_DUPLICATE;
+			w->stats->duplicates++;
+			continue;
+		}
+		s->found = true;
+		taken_id = o->order_id;
+		s->created_at = DatumGetTimestampTz(SPI_getbinval(tup, rows->tupdesc, 7, &isnull));
+		todo[ntodo++] = s;
+	}
+	if (ntodo == 0)
+		return;
+
+	/* Credit checks run in delivery order. */
+	for (int i = 1; i < ntodo; i++)
+	{
+		Slot	   *x = todo[i];
+		int			j = i - 1;
+
+		while (j >= 0 && todo[j]->pos > x->pos)
+		{
+			todo[j + 1] = todo[j];
+			j--;
+		}
+		todo[j + 1] = x;
+	}
+
+	/* 4. Lock the users concerned, in uid order. */
+	uids = palloc(sizeof(int64) * ntodo);
+	for (int i = 0; i < ntodo; i++)
+		if (todo[i]->m->order.has_uid)
+			uids[nuids++] = todo[i]->m->order.uid;
+	if (nuids > 0)
+	{
+		int			k = 0;
+
+		qsort(uids, nuids, sizeof(int64), cmp_int64);
+		for (int i = 0; i < nuids; i++)
+			if (i == 0 || uids[i] != uids[k - 1])
+				uids[k++] = uids[i];
+		nuids = k;
+		arr_init(&ids, nuids);
+		for (int i = 0; i < nuids; i++)
+			arr_add(&ids, Int64GetDatum(uids[i]), false);
+		values[0] = arr_make(&ids, INT8OID);
+		run_plan(PLAN_LOCK_USERS, values, nulls, SPI_OK_SELECT);
+		balances = palloc0(sizeof(Datum) * nuids);
+		balance_found = palloc0(sizeof(bool) * nuids);
+		balance_changed = palloc0(sizeof(bool) * nuids);
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			int64		uid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+			int64	   *hit = bsearch(&uid, uids, nuids, sizeof(int64), cmp_int64);
+
+			if (hit)
+			{
+				Datum		bal = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull);
+
+				balances[hit - uids] = datumCopy(bal, false, -1);
+				balance_found[hit - uids] = true;
+			}
+		}
+	}
+
+	/* 5. Decide. */
+	w->processed_at = GetCurrentTimestamp();
+	arr_init(&a_id, ntodo);
+	arr_init(&a_status, ntodo);
+	arr_init(&a_price, ntodo);
+	arr_init(&a_notes, ntodo);
+	arr_init(&a_uid, ntodo);
+	arr_init(&a_evamt, ntodo);
+	for (int i = 0; i < ntodo; i++)
+	{
+		OfMessage  *m = todo[i]->m;
+		OfOrderMsg *o = &m->order;
+		Datum		price = price_of(o);
+		const char *status = "completed";
+		const char *notes = NULL;
+		double		ms;
+
+		if (o->has_uid)
+		{
+			int64	   *hit = bsearch(&o->uid, uids, nuids, sizeof(int64), cmp_int64);
+			int			k = hit ? (int) (hit - uids) : -1;
+
+			if (k < 0 || !balance_found[k])
+			{
+				status = "declined";
+				notes = "unknown user";
+			}
+			else if (DatumGetInt32(DirectFunctionCall2(numeric_cmp, balances[k], price)) >= 0)
+			{
+				balances[k] = DirectFunctionCall2(numeric_sub, balances[k], price);
+				balance_changed[k] = true;
+			}
+			else
+			{
+				status = "declined";
+				notes = "insufficient balance";
+			}
+		}
+
+		arr_add(&a_id, Int64GetDatum(o->order_id), false);
+		arr_add(&a_status, CStringGetTextDatum(status), false);
+		arr_add(&a_notes, notes ? CStringGetTextDatum(notes) : 0, notes == NULL);
+		arr_add(&a_uid, Int64GetDatum(o->uid), !o->has_uid);
+		arr_add(&a_evamt, price, false);
+		if (notes == NULL)
+		{
+			arr_add(&a_price, price, false);
+			m->outcome = OF_OUT_COMPLETED;
+			w->completed++;
+			w->sum_price = DirectFunctionCall2(numeric_add, w->sum_price, price);
+		}
+		else
+		{
+			arr_add(&a_price, 0, true);
+			m->outcome = OF_OUT_DECLINED;
+			w->declined++;
+		}
+		ms = (double) (w->processed_at - todo[i]->created_at) / 1000.0;
+		w->hist[latency_bucket(ms)]++;
+	}
+
+	/* 6. Write back. */
+	arr_init(&u_id, Max(nuids, 1));
+	arr_init(&u_bal, Max(nuids, 1));
+	for (int k = 0; k < nuids; k++)
+	{
+		if (!balance_changed[k])
+			continue;
+		arr_add(&u_id, Int64GetDatum(uids[k]), false);
+		arr_add(&u_bal, balances[k], false);
+	}
+	values[0] = arr_make(&a_id, INT8OID);
+	values[1] = arr_make(&a_status, TEXTOID);
+	values[2] = arr_make(&a_price, NUMERICOID);
+	values[3] = arr_make(&a_notes, TEXTOID);
+	values[4] = arr_make(&a_uid, INT8OID);
+	values[5] = arr_make(&a_evamt, NUMERICOID);
+	values[6] = TimestampTzGetDatum(w->processed_at);
+	values[7] = arr_make(&u_id, INT8OID);
+	values[8] = arr_make(&u_bal, NUMERICOID);
+	run_plan(PLAN_APPLY, values, nulls, SPI_OK_UPDATE);
+
+	/* 7. Metrics, in the same transaction. */
+	{
+		Datum		hist[OF_HIST_BUCKETS];
+		Datum		mv[7];
+		char		mn[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+
+		for (int i = 0; i < OF_HIST_BUCKETS; i++)
+			hist[i] = Int64GetDatum(w->hist[i]);
+		mv[0] = Int32GetDatum(w->worker_no);
+		mv[1] = Int64GetDatum(w->completed + w->declined);
+		mv[2] = Int64GetDatum(w->completed);
+		mv[3] = Int64GetDatum(w->declined);
+		mv[4] = w->sum_price;
+		mv[5] = PointerGetDatum(construct_array(hist, OF_HIST_BUCKETS, INT8OID, 8,
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		mv[6] = TimestampTzGetDatum(w->processed_at);
+		run_plan(PLAN_METRICS, mv, mn, SPI_OK_INSERT);
+	}
+}
+
+static void
+reset_work(OrderWork *w)
+{
+	w->completed = 0;
+	w->declined = 0;
+	w->sum_price = DirectFunctionCall1(int4_numeric, Int32GetDatum(0));
+	memset(w->hist, 0, sizeof(w->hist));
+}
+
+static void
+process_order_messages(OfMessage **orders, int n, int worker_no, OfBatchStats *stats)
+{
+	OrderWork	w;
+	ErrorData  *err;
+	OfBatchStats saved = *stats;
+
+	if (n == 0)
+		return;
+	w.msgs = orders;
+	w.n = n;
+	w.worker_no = worker_no;
+	w.stats = stats;
+	reset_work(&w);
+	err = run_in_subxact(process_orders, &w);
+	if (err == NULL)
+	{
+		stats->completed += w.completed;
+		stats->declined += w.declined;
+		return;
+	}
+
+	/* Something in the batch is bad: redo each order alone. */
+	elog(DEBUG1, "ordflow: batch of %d orders failed (%s), retrying one by one", n, err->message);
+	FreeErrorData(err);
+	*stats = saved;
+	for (int i = 0; i < n; i++)
+	{
+		w.msgs = &orders[i];
+		w.n = 1;
+		reset_work(&w);
+		err = run_in_subxact(process_orders, &w);
+		if (err == NULL)
+		{
+			stats->completed += w.completed;
+			stats->declined += w.declined;
+			continue;
+		}
+		orders[i]->outcome = OF_OUT_DEAD;
+		orders[i]->error = psprintf("processing failed: %s", err->message);
+		FreeErrorData(err);
+	}
+}
+
+/* ---- user events ---- */
+
+static void
+apply_user_event(void *arg)
+{
+	OfMessage  *m = arg;
+	Datum		v = CStringGetTextDatum(m->body);
+	bool		isnull;
+
+	run_plan(PLAN_USER_EVENT, &v, NULL, SPI_OK_SELECT);
+	m->reply = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	m->outcome = OF_OUT_APPLIED;
+}
+
+static char *
+json_error_reply(const char *message, int sqlerrcode)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"error\": ");
+	escape_json(&buf, message);
+	appendStringInfo(&buf, ", \"sqlstate\": \"%s\"}", unpack_sql_state(sqlerrcode));
+	return buf.data;
+}
+
+static void
+process_user_event(OfMessage *m, OfBatchStats *stats)
+{
+	ErrorData  *err;
+
+	if (GetDatabaseEncoding() != PG_UTF8)
+		m->body = pg_any_to_server(m->body, m->body_len, PG_UTF8);
+	err = run_in_subxact(apply_user_event, m);
+	if (err == NULL)
+	{
+		stats->events++;
+		return;
+	}
+	m->outcome = OF_OUT_DEAD;
+	m->error = pstrdup(err->message);
+	m->reply = json_error_reply(err->message, err->sqlerrcode);
+	FreeErrorData(err);
+}
+
+/* ---- dead letters ---- */
+
+static void
+store_dead_letters(OfMessage *msgs, int n, OfBatchStats *stats)
+{
+	ArrBuild	q,
+				rk,
+				body,
+				btext,
+				err,
+				redel,
+				mid,
+				cid;
+	Datum		values[8];
+	int			count = 0;
+
+	for (int i = 0; i < n; i++)
+		if (msgs[i].outcome == OF_OUT_DEAD)
+			count++;
+	if (count == 0)
+		return;
+	arr_init(&q, count);
+	arr_init(&rk, count);
+	arr_init(&body, count);
+	arr_init(&btext, count);
+	arr_init(&err, count);
+	arr_init(&redel, count);
+	arr_init(&mid, count);
+	arr_init(&cid, count);
+	for (int i = 0; i < n; i++)
+	{
+		OfMessage  *m = &msgs[i];
+		bytea	   *raw;
+		bool		valid_text;
+
+		if (m->outcome != OF_OUT_DEAD)
+			continue;
+		raw = palloc(VARHDRSZ + m->body_len);
+		SET_VARSIZE(raw, VARHDRSZ + m->body_len);
+		memcpy(VARDATA(raw), m->body, m->body_len);
+		valid_text = GetDatabaseEncoding() == PG_UTF8 &&
+			memchr(m->body, '\0', m->body_len) == NULL &&
+			pg_verify_mbstr(PG_UTF8, m->body, (int) m->body_len, true);
+
+		arr_add_text(&q, m->queue);
+		arr_add_text(&rk, m->routing_key);
+		arr_add(&body, PointerGetDatum(raw), false);
+		arr_add(&btext, valid_text ? PointerGetDatum(cstring_to_text_with_len(m->body, m->body_len)) : 0,
+				!valid_text);
+		arr_add(&err, CStringGetTextDatum(m->error ? m->error : "unknown error"), false);
+		arr_add(&redel, BoolGetDatum(m->redelivered), false);
+		arr_add_text(&mid, m->message_id);
+		arr_add_text(&cid, m->correlation_id);
+		stats->dead++;
+	}
+	values[0] = arr_make(&q, TEXTOID);
+	values[1] = arr_make(&rk, TEXTOID);
+	values[2] = arr_make(&body, BYTEAOID);
+	values[3] = arr_make(&btext, TEXTOID);
+	values[4] = arr_make(&err, TEXTOID);
+	values[5] = arr_make(&redel, BOOLOID);
+	values[6] = arr_make(&mid, TEXTOID);
+	values[7] = arr_make(&cid, TEXTOID);
+	run_plan(PLAN_DEAD_LETTERS, values, NULL, SPI_OK_INSERT);
+}
+
+/*
+ * Process n messages in the current transaction (SPI connected).  Every
+ * message ends with an outcome; the caller commits and then acks them all.
+ */
+void
+of_process_batch(OfMessage *msgs, int n, int worker_no, OfBatchStats *stats)
+{
+	OfMessage **orders = palloc(sizeof(OfMessage *) * n);
+	int			norders = 0;
+	char		err[OF_MSG_ERR_LEN];
+
+	for (int i = 0; i < n; i++)
+	{
+		OfMessage  *m = &msgs[i];
+
+		m->outcome = OF_OUT_PENDING;
+		if (m->kind == OF_MSG_ORDER)
+		{
+			if (of_parse_order(m->body, m->body_len, &m->order, err, sizeof(err)))
+				orders[norders++] = m;
+			else
+			{
+				m->outcome = OF_OUT_DEAD;
+				m->error = pstrdup(err);
+			}
+		}
+		else
+		{
+			if (!of_parse_user_event(m->body, m->body_len, &m->event, err, sizeof(err)))
+			{
+				m->outcome = OF_OUT_DEAD;
+				m->error = pstrdup(err);
+				m->reply = json_error_reply(err, ERRCODE_INVALID_PARAMETER_VALUE);
+			}
+		}
+	}
+
+	process_order_messages(orders, norders, worker_no, stats);
+
+	for (int i = 0; i < n; i++)
+		if (msgs[i].kind == OF_MSG_USER_EVENT && msgs[i].outcome == OF_OUT_PENDING)
+			process_user_event(&msgs[i], stats);
+
+	store_dead_letters(msgs, n, stats);
+}

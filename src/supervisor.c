@@ -1,0 +1,229 @@
+/*-------------------------------------------------------------------------
+ *
+ * supervisor.c
+ *	  The static worker that keeps the pipeline alive: it waits until the
+ *	  extension exists in ordflow.database, loads the generator's persisted
+ *	  run state into shared memory, and launches (and relaunches, with
+ *	  backoff) the generator, the relay and ordflow.consumers consumers.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/latch.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "ordflow.h"
+#include "worker_common.h"
+
+#define SUPERVISOR_TICK_MS		1000
+#define RELAUNCH_MIN_MS			1000
+#define RELAUNCH_MAX_MS			30000
+/* A worker that lived this long is considered healthy again. */
+#define HEALTHY_AFTER_MS		60000
+
+typedef struct Child
+{
+	BackgroundWorkerHandle *handle;
+	TimestampTz started_at;
+	TimestampTz next_launch;
+	int			backoff_ms;
+} Child;
+
+static Child children[OF_NUM_SLOTS];
+
+static const char *
+child_function(int slotno)
+{
+	if (slotno == OF_SLOT_GENERATOR)
+		return "ordflow_generator_main";
+	if (slotno == OF_SLOT_RELAY)
+		return "ordflow_relay_main";
+	return "ordflow_consumer_main";
+}
+
+static void
+child_type(int slotno, char *buf)
+{
+	if (slotno == OF_SLOT_GENERATOR)
+		snprintf(buf, BGW_MAXLEN, "ordflow generator");
+	else if (slotno == OF_SLOT_RELAY)
+		snprintf(buf, BGW_MAXLEN, "ordflow relay");
+	else
+		snprintf(buf, BGW_MAXLEN, "ordflow consumer");
+}
+
+static bool
+child_running(int slotno)
+{
+	pid_t		pid;
+
+	if (children[slotno].handle == NULL)
+		return false;
+	if (GetBackgroundWorkerPid(children[slotno].handle, &pid) == BGWH_STOPPED)
+	{
+		pfree(children[slotno].handle);
+		children[slotno].handle = NULL;
+		return false;
+	}
+	return true;
+}
+
+static void
+launch_child(int slotno)
+{
+	Child	   *c = &children[slotno];
+	BackgroundWorker w;
+	TimestampTz now = GetCurrentTimestamp();
+	MemoryContext oldcxt;
+
+	if (child_running(slotno))
+		return;
+
+	/* Just noticed it is gone: back off if it died young. */
+	if (c->started_at != 0)
+	{
+		if (TimestampDifferenceExceeds(c->started_at, now, HEALTHY_AFTER_MS))
+			c->backoff_ms = 0;
+		else
+			c->backoff_ms = c->backoff_ms == 0 ? RELAUNCH_MIN_MS :
+				Min(c->backoff_ms * 2, RELAUNCH_MAX_MS);
+		c->next_launch = TimestampTzPlusMilliseconds(now, c->backoff_ms);
+		c->started_at = 0;
+	}
+	if (now < c->next_launch)
+		return;
+
+	memset(&w, 0, sizeof(w));
+	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	w.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(w.bgw_library_name, BGW_MAXLEN, "ordflow");
+	snprintf(w.bgw_function_name, BGW_MAXLEN, "%s", child_function(slotno));
+	child_type(slotno, w.bgw_type);
+	if (slotno >= OF_SLOT_CONSUMER0)
+		snprintf(w.bgw_name, BGW_MAXLEN, "ordflow consumer %d", slotno - OF_SLOT_CONSUMER0);
+	else
+		snprintf(w.bgw_name, BGW_MAXLEN, "%s", w.bgw_type);
+	w.bgw_main_arg = Int32GetDatum(slotno);
+	w.bgw_notify_pid = MyProcPid;
+
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	if (!RegisterDynamicBackgroundWorker(&w, &c->handle))
+	{
+		c->handle = NULL;
+		ereport(WARNING,
+				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+				 errmsg("ordflow: could not start the %s worker", w.bgw_name),
+				 errhint("Raise max_worker_processes (ordflow needs 3 + ordflow.consumers).")));
+		c->next_launch = TimestampTzPlusMilliseconds(now, RELAUNCH_MAX_MS);
+	}
+	else
+		c->started_at = now;
+	MemoryContextSwitchTo(oldcxt);
+}
+
+static void
+stop_child(int slotno)
+{
+	if (child_running(slotno))
+		TerminateBackgroundWorker(children[slotno].handle);
+	children[slotno].started_at = 0;
+	children[slotno].next_launch = 0;
+	children[slotno].backoff_ms = 0;
+}
+
+/* Copy the persisted generator state into shared memory once per start. */
+static void
+load_generator_state(void)
+{
+	bool		loaded;
+
+	SpinLockAcquire(&OfState->mutex);
+	loaded = OfState->gen_loaded;
+	SpinLockRelease(&OfState->mutex);
+	if (loaded)
+		return;
+
+	if (SPI_execute("SELECT running, rate FROM ordflow.generator_state", true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+	{
+		bool		isnull;
+		bool		running = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+														 SPI_tuptable->tupdesc, 1, &isnull));
+		Datum		rate = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+
+		SpinLockAcquire(&OfState->mutex);
+		if (!OfState->gen_loaded)
+		{
+			OfState->gen_running = running;
+			OfState->gen_rate = isnull ? 0.0 : DatumGetFloat8(rate);
+			OfState->gen_loaded = true;
+			OfState->gen_version++;
+		}
+		SpinLockRelease(&OfState->mutex);
+	}
+}
+
+void
+ordflow_supervisor_main(Datum main_arg)
+{
+	OfWorkerSlot *slot;
+	bool		was_present = false;
+
+	slot = of_worker_start(OF_SLOT_SUPERVISOR, OF_WORKER_SUPERVISOR, 0);
+	of_slot_set_state(slot, "starting");
+
+	while (true)
+	{
+		bool		present;
+
+		of_worker_interrupts();
+
+		of_begin_tx("ordflow supervisor: checking the extension");
+		present = of_extension_exists();
+		if (present)
+			load_generator_state();
+		of_commit_tx();
+
+		if (present)
+		{
+			if (!was_present)
+				ereport(LOG, (errmsg("ordflow: extension found in database \"%s\", starting the pipeline",
+									 ordflow_database)));
+			of_slot_set_state(slot, "supervising");
+			launch_child(OF_SLOT_GENERATOR);
+			launch_child(OF_SLOT_RELAY);
+			for (int i = 0; i < OF_MAX_CONSUMERS; i++)
+			{
+				if (i < ordflow_consumers)
+					launch_child(OF_SLOT_CONSUMER0 + i);
+				else
+					stop_child(OF_SLOT_CONSUMER0 + i);
+			}
+		}
+		else
+		{
+			if (was_present)
+				ereport(LOG, (errmsg("ordflow: extension dropped from database \"%s\", pipeline stopped",
+									 ordflow_database)));
+			of_slot_set_state(slot, "waiting for CREATE EXTENSION ordflow");
+			/* Workers exit by themselves; forget the persisted state. */
+			SpinLockAcquire(&OfState->mutex);
+			OfState->gen_loaded = false;
+			OfState->gen_running = false;
+			SpinLockRelease(&OfState->mutex);
+			for (int i = OF_SLOT_GENERATOR; i < OF_NUM_SLOTS; i++)
+				stop_child(i);
+		}
+		was_present = present;
+
+		of_worker_wait(present ? SUPERVISOR_TICK_MS : 2 * SUPERVISOR_TICK_MS);
+	}
+}
