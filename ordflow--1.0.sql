@@ -9,7 +9,7 @@ DO $guard$
 DECLARE
 	target text := pg_catalog.current_setting('ordflow.database', true);
 BEGIN
-	IF target IS NULL OR target = '' THEN
+	IF target IS NULL OR target OPERATOR(pg_catalog.=) '' THEN
 		RAISE EXCEPTION 'ordflow must be loaded via shared_preload_libraries'
 			USING ERRCODE = 'object_not_in_prerequisite_state',
 				  HINT = 'Add ordflow to shared_preload_libraries in postgresql.conf, set ordflow.database, and restart the server.';
@@ -161,6 +161,12 @@ SELECT pg_catalog.pg_extension_config_dump('ordflow.order_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('ordflow.order_events', '');
 SELECT pg_catalog.pg_extension_config_dump('ordflow.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('ordflow.dead_letters', '');
+-- Identity sequences too: a restored database must not hand out ids again
+-- (messages with those ids may still be in the broker).
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('ordflow.users', 'uid')::pg_catalog.regclass, '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('ordflow.order_events', 'event_id')::pg_catalog.regclass, '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('ordflow.outbox', 'id')::pg_catalog.regclass, '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('ordflow.dead_letters', 'id')::pg_catalog.regclass, '');
 -- Metrics must keep matching the orders they summarise.
 SELECT pg_catalog.pg_extension_config_dump('ordflow.metrics_totals', '');
 SELECT pg_catalog.pg_extension_config_dump('ordflow.metrics_minute', '');

@@ -1,14 +1,17 @@
 # shellcheck shell=bash
 # Shared by scripts/demo.sh and scripts/test.sh (sourced, not run).
 
+# shellcheck disable=SC2034  # used by the scripts that source this
 PG_MAJOR=15
 PG_BINDIR=/usr/lib/postgresql/$PG_MAJOR/bin
+# shellcheck disable=SC2034
 PG_CONFIG=$PG_BINDIR/pg_config
+# shellcheck disable=SC2034
 RABBIT_BIN=/usr/lib/rabbitmq/bin
 
 # Everything the build, the demo and the tests need on a fresh Debian 12.
 ORDFLOW_PACKAGES=(
-	postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR
+	"postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR"
 	librabbitmq-dev rabbitmq-server amqp-tools
 	libipc-run-perl perl
 	docker-compose

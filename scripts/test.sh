@@ -29,6 +29,7 @@ PASSED=()
 
 # Stop whatever a test left running under $WORK (only processes whose pid
 # files live there), then remove it.
+# shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup()
 {
 	local rc=$? f pid port
@@ -59,7 +60,7 @@ cleanup()
 			rm -rf "$WORK"
 		fi
 	fi
-	exit $rc
+	exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -625,7 +625,7 @@ handle_common_frame(OfAmqp *a, amqp_frame_t *f)
 /*
  * Next frame for the caller, waiting at most timeout_ms on the socket and
  * the latch together.  Control frames (blocked, confirms, close) are
- * handled here and never returned.
+ * handled here and reported as OF_WAIT_CONTROL.
  */
 OfWait
 of_amqp_next_frame(OfAmqp *a, amqp_frame_t *frame, long timeout_ms)
@@ -646,12 +646,9 @@ of_amqp_next_frame(OfAmqp *a, amqp_frame_t *frame, long timeout_ms)
 		status = amqp_simple_wait_frame_noblock(a->conn, frame, &zero);
 		if (status == AMQP_STATUS_OK)
 		{
+			/* Control frames change our state: let the caller look again. */
 			if (handle_common_frame(a, frame))
-			{
-				if (!a->connected)
-					return OF_WAIT_ERROR;
-				continue;
-			}
+				return a->connected ? OF_WAIT_CONTROL : OF_WAIT_ERROR;
 			return OF_WAIT_FRAME;
 		}
 		if (status != AMQP_STATUS_TIMEOUT)

@@ -41,6 +41,7 @@ typedef enum OfWait
 	OF_WAIT_FRAME,				/* *frame holds a frame for the caller */
 	OF_WAIT_TIMEOUT,
 	OF_WAIT_LATCH,				/* latch was set: check interrupts and state */
+	OF_WAIT_CONTROL,			/* a control frame (confirm, blocked) was handled */
 	OF_WAIT_ERROR				/* connection lost; a->error says why */
 } OfWait;
 

@@ -209,6 +209,8 @@ collect_batch(OfAmqp *a, OfMessage *msgs, int max, long idle_ms)
 		}
 		if (w == OF_WAIT_TIMEOUT)
 			break;
+		if (w == OF_WAIT_CONTROL)
+			continue;
 		if (frame.frame_type == AMQP_FRAME_METHOD &&
 			frame.payload.method.id == AMQP_BASIC_DELIVER_METHOD)
 		{
@@ -311,7 +313,8 @@ ordflow_consumer_main(Datum main_arg)
 
 		of_worker_interrupts();
 		MemoryContextReset(batch_cxt);
-		amqp_maybe_release_buffers(a.conn ? a.conn : NULL);
+		if (a.conn)
+			amqp_maybe_release_buffers(a.conn);
 
 		if (!of_amqp_ensure_connected(&a, false, &wait_ms))
 		{

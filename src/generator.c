@@ -38,7 +38,7 @@ static const char *insert_orders_sql =
 "WITH o AS ("
 "  INSERT INTO ordflow.orders (uid, symbol, quantity, status, source)"
 "  SELECT v.uid, v.symbol, v.quantity, 'initialised', 'generator'"
-"    FROM pg_catalog.unnest($1::pg_catalog.int8[], $2::pg_catalog.text[], $3::pg_catalog.int4[])"
+"    FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[], $3::pg_catalog.int4[])"
 "         AS v(uid, symbol, quantity)"
 "  RETURNING order_id, uid, symbol, quantity, amount, created_at),"
 " e AS ("
@@ -48,7 +48,7 @@ static const char *insert_orders_sql =
 " SELECT order_id, 'order.created',"
 "        pg_catalog.json_build_object('order_id', order_id, 'uid', uid, 'symbol', symbol,"
 "          'quantity', quantity, 'amount', amount, 'created_at',"
-"          pg_catalog.to_char(created_at OPERATOR(pg_catalog.AT TIME ZONE) 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))::text"
+"          pg_catalog.to_char(pg_catalog.timezone('UTC', created_at), 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))::text"
 "   FROM o";
 
 static SPIPlanPtr insert_plan = NULL;

@@ -63,7 +63,7 @@ static const char *plan_sql[NUM_PLANS] = {
 	"WITH ins AS ("
 	"  INSERT INTO ordflow.orders (order_id, uid, symbol, quantity, amount, created_at, status, source)"
 	"  SELECT v.order_id, v.uid, v.symbol, v.quantity, v.amount, v.created_at, 'initialised', 'broker'"
-	"    FROM pg_catalog.unnest($1::pg_catalog.int8[], $2::pg_catalog.int8[], $3::pg_catalog.text[],"
+	"    FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.int8[], $3::pg_catalog.text[],"
 	"                           $4::pg_catalog.int4[], $5::pg_catalog.numeric[], $6::pg_catalog.timestamptz[])"
 	"         AS v(order_id, uid, symbol, quantity, amount, created_at)"
 	"  ON CONFLICT (order_id) DO NOTHING"
@@ -82,7 +82,7 @@ static const char *plan_sql[NUM_PLANS] = {
 
 	/* PLAN_APPLY */
 	"WITH v AS ("
-	"  SELECT * FROM pg_catalog.unnest($1::pg_catalog.int8[], $2::pg_catalog.text[],"
+	"  SELECT * FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[],"
 	"         $3::pg_catalog.numeric[], $4::pg_catalog.text[], $5::pg_catalog.int8[], $6::pg_catalog.numeric[])"
 	"         AS v(order_id, status, price, notes, uid, event_amount)),"
 	" upd AS ("
@@ -93,7 +93,7 @@ static const char *plan_sql[NUM_PLANS] = {
 	"  INSERT INTO ordflow.order_events (order_id, uid, status, event_time, amount, notes)"
 	"  SELECT v.order_id, v.uid, v.status::ordflow.order_status, $7, v.event_amount, v.notes FROM v)"
 	" UPDATE ordflow.users u SET credit_balance = b.balance, updated_at = $7"
-	"   FROM pg_catalog.unnest($8::pg_catalog.int8[], $9::pg_catalog.numeric[]) AS b(uid, balance)"
+	"   FROM unnest($8::pg_catalog.int8[], $9::pg_catalog.numeric[]) AS b(uid, balance)"
 	"  WHERE u.uid = b.uid",
 
 	/* PLAN_METRICS: per-worker rows, so consumers never queue on one row */
@@ -107,7 +107,7 @@ static const char *plan_sql[NUM_PLANS] = {
 	"    declined = t.declined + excluded.declined,"
 	"    sum_price = t.sum_price + excluded.sum_price,"
 	"    latency_hist = ARRAY(SELECT COALESCE(h.a, 0) + COALESCE(h.b, 0)"
-	"                           FROM pg_catalog.unnest(t.latency_hist, excluded.latency_hist)"
+	"                           FROM unnest(t.latency_hist, excluded.latency_hist)"
 	"                                WITH ORDINALITY AS h(a, b, i) ORDER BY h.i),"
 	"    last_processed_at = GREATEST(t.last_processed_at, excluded.last_processed_at))"
 	" INSERT INTO ordflow.metrics_minute AS m"
@@ -119,13 +119,13 @@ static const char *plan_sql[NUM_PLANS] = {
 	"    declined = m.declined + excluded.declined,"
 	"    sum_price = m.sum_price + excluded.sum_price,"
 	"    latency_hist = ARRAY(SELECT COALESCE(h.a, 0) + COALESCE(h.b, 0)"
-	"                           FROM pg_catalog.unnest(m.latency_hist, excluded.latency_hist)"
+	"                           FROM unnest(m.latency_hist, excluded.latency_hist)"
 	"                                WITH ORDINALITY AS h(a, b, i) ORDER BY h.i)",
 
 	/* PLAN_DEAD_LETTERS */
 	"INSERT INTO ordflow.dead_letters"
 	"       (queue, routing_key, body, body_text, error, redelivered, message_id, correlation_id)"
-	" SELECT * FROM pg_catalog.unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.bytea[],"
+	" SELECT * FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.bytea[],"
 	"        $4::pg_catalog.text[], $5::pg_catalog.text[], $6::pg_catalog.bool[], $7::pg_catalog.text[],"
 	"        $8::pg_catalog.text[])",
 

@@ -67,6 +67,12 @@ ok( OrdflowTest::wait_for($node,
 		't', 60),
 	'ordflow workers appear in pg_stat_activity');
 
+# The extension reaches the private broker: some worker reports a connection.
+ok( OrdflowTest::wait_for($node,
+		q{SELECT count(*) > 0 FROM ordflow.status() WHERE connected},
+		't', 60),
+	'an ordflow worker is connected to the broker');
+
 # A broker restart keeps its queues (the helpers the fault tests use).
 $mq->declare_queue('harness.durable', durable => 1);
 $mq->publish('harness.durable', 'survives', exchange => '');
@@ -74,6 +80,7 @@ $mq->restart;
 ok($mq->is_running, 'broker restarted');
 is($mq->get('harness.durable'), 'survives', 'persistent message survived restart');
 
+ok(!$node->log_contains('terminated by signal'), 'no ordflow worker crashed');
 $node->stop;
 my $beam = $mq->beam_pid;
 $mq->stop;

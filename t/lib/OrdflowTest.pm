@@ -648,7 +648,10 @@ END
 A started PostgreSQL::Test::Cluster with ordflow preloaded.  Options:
 broker => $mq (else the URL points at a closed port), consumers => N,
 database => 'postgres', extra => "postgresql.conf lines", start => 0 to
-leave it stopped.  The extension is not created.
+leave it stopped.  The extension is not created.  As with every
+PostgreSQL::Test::Cluster node, restart_after_crash is off (a crashed
+worker brings the node down, so crashes fail tests loudly); a test that
+kills a worker on purpose passes extra => 'restart_after_crash = on'.
 
 =cut
 

@@ -1,0 +1,401 @@
+#!/usr/bin/env bash
+# scripts/demo.sh - bring ordflow up on this machine and watch it work.
+#
+#   scripts/demo.sh [--rate R] [--duration SECONDS] [--users N] [--consumers N] [--stop]
+#   scripts/demo.sh --down
+#   scripts/demo.sh --rabbitmqctl ARGS...   (e.g. list_queues name messages)
+#
+# As root on Debian 12: installs missing packages, builds and installs the
+# extension (in build/), starts a private RabbitMQ and a private PostgreSQL
+# 15 cluster on loopback ports (state under .run/), creates the extension
+# and some users, starts the order generator at R orders/s and prints one
+# progress line a second until Ctrl-C or --duration.  Then it leaves
+# everything running and prints how to connect, or with --stop stops the
+# generator and both servers.  Running it again reuses running servers.
+# --down stops both servers (the data stays in .run/ for next time).
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+
+RATE=100
+DURATION=0
+USERS=20
+CONSUMERS=
+STOP=
+DOWN=
+CTL=
+
+usage()
+{
+	sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+	exit "${1:-0}"
+}
+
+while [ $# -gt 0 ]; do
+	case $1 in
+		--rate) RATE=${2:?--rate needs a value}; shift 2 ;;
+		--rate=*) RATE=${1#*=}; shift ;;
+		--duration) DURATION=${2:?--duration needs a value}; shift 2 ;;
+		--duration=*) DURATION=${1#*=}; shift ;;
+		--users) USERS=${2:?--users needs a value}; shift 2 ;;
+		--users=*) USERS=${1#*=}; shift ;;
+		--consumers) CONSUMERS=${2:?--consumers needs a value}; shift 2 ;;
+		--consumers=*) CONSUMERS=${1#*=}; shift ;;
+		--stop) STOP=1; shift ;;
+		--down) DOWN=1; shift ;;
+		--rabbitmqctl) CTL=1; shift; break ;;
+		-h|--help) usage 0 ;;
+		*) say "unknown option: $1"; usage 1 ;;
+	esac
+done
+[[ $RATE =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--rate must be a number of orders per second"
+[[ $DURATION =~ ^[0-9]+$ ]] || die "--duration must be whole seconds"
+[[ $USERS =~ ^[0-9]+$ ]] || die "--users must be a whole number"
+[ -z "$CONSUMERS" ] || [[ $CONSUMERS =~ ^[0-9]+$ ]] || die "--consumers must be a whole number"
+
+require_root
+
+# ---------------------------------------------------------------------------
+# where state lives: .run/ in the project, or (if the postgres user cannot
+# enter the project folder) a folder under /var/tmp that .run points to
+
+HASH=$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)
+if [ -L "$ROOT/.run" ]; then
+	RUN=$(readlink -f "$ROOT/.run")
+elif [ -d "$ROOT/.run" ]; then
+	RUN=$ROOT/.run
+elif postgres_can_enter "$ROOT"; then
+	RUN=$ROOT/.run
+else
+	RUN=/var/tmp/ordflow-$HASH
+fi
+PGDATA=$RUN/pgdata
+SOCK=$RUN/sock
+MQDIR=$RUN/rabbitmq
+PORTS=$RUN/ports.env
+MQ_NODE=ordflow_demo_$HASH@localhost
+
+PG_PORT='' MQ_PORT=''
+# shellcheck disable=SC1090
+[ -f "$PORTS" ] && . "$PORTS"
+mq_ports()
+{
+	MQ_DIST=$((MQ_PORT + 1))
+	MQ_EPMD=$((MQ_PORT + 2))
+	MQ_CTL_MIN=$((MQ_PORT + 3))
+	MQ_CTL_MAX=$((MQ_PORT + 12))
+}
+[ -n "$MQ_PORT" ] && mq_ports
+
+# the environment of the broker and of every rabbitmqctl call
+mq_env()
+{
+	MQ_ENV=(
+		HOME="$MQDIR/home"
+		RABBITMQ_NODENAME="$MQ_NODE"
+		RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+		RABBITMQ_NODE_PORT="$MQ_PORT"
+		RABBITMQ_DIST_PORT="$MQ_DIST"
+		RABBITMQ_MNESIA_BASE="$MQDIR/mnesia"
+		RABBITMQ_LOG_BASE="$MQDIR/log"
+		RABBITMQ_CONFIG_FILE="$MQDIR/rabbitmq.conf"
+		RABBITMQ_ADVANCED_CONFIG_FILE="$MQDIR/advanced.config"
+		RABBITMQ_ENABLED_PLUGINS_FILE="$MQDIR/enabled_plugins"
+		RABBITMQ_PID_FILE="$MQDIR/rabbitmq.pid"
+		RABBITMQ_CONF_ENV_FILE=/dev/null
+		RABBITMQ_CTL_DIST_PORT_MIN="$MQ_CTL_MIN"
+		RABBITMQ_CTL_DIST_PORT_MAX="$MQ_CTL_MAX"
+		ERL_EPMD_PORT="$MQ_EPMD"
+		ERL_EPMD_ADDRESS=127.0.0.1
+		LANG=C.UTF-8
+		LC_ALL=C.UTF-8
+	)
+}
+# run as postgres with the broker's environment
+mq_run() { mq_env; runuser -u postgres -- env "${MQ_ENV[@]}" "$@"; }
+mqctl() { mq_run "$RABBIT_BIN/rabbitmqctl" -n "$MQ_NODE" "$@"; }
+
+mq_running()
+{
+	[ -n "$MQ_PORT" ] && [ -f "$MQDIR/rabbitmq.pid" ] || return 1
+	local pid
+	pid=$(grep -o '[0-9]*' "$MQDIR/rabbitmq.pid" | head -n1)
+	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+	mqctl -q status >/dev/null 2>&1
+}
+
+pg_running()
+{
+	[ -f "$PGDATA/PG_VERSION" ] && as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1
+}
+
+pgsql()
+{
+	as_pg psql -X -q -v ON_ERROR_STOP=1 -h "$SOCK" -p "$PG_PORT" -U postgres -d postgres "$@"
+}
+
+save_ports()
+{
+	printf 'PG_PORT=%s\nMQ_PORT=%s\n' "$PG_PORT" "$MQ_PORT" > "$PORTS"
+}
+
+stop_rabbitmq()
+{
+	if mq_running; then
+		say "stopping RabbitMQ ($MQ_NODE, port $MQ_PORT)"
+		mqctl shutdown >/dev/null 2>&1 || {
+			local pid
+			pid=$(grep -o '[0-9]*' "$MQDIR/rabbitmq.pid" | head -n1)
+			[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null
+			sleep 3
+		}
+	fi
+	[ -n "${MQ_EPMD:-}" ] && epmd -port "$MQ_EPMD" -kill >/dev/null 2>&1
+	return 0
+}
+
+stop_postgres()
+{
+	if pg_running; then
+		say "stopping PostgreSQL (port $PG_PORT)"
+		if ! as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" -m fast -w -t 30 stop >/dev/null; then
+			say "fast shutdown did not finish in 30 s; stopping immediately"
+			as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null
+		fi
+	fi
+}
+
+if [ -n "$CTL" ]; then
+	mq_running || die "the demo's RabbitMQ is not running"
+	mqctl "$@"
+	exit $?
+fi
+
+if [ -n "$DOWN" ]; then
+	[ -d "$RUN" ] || { say "nothing to stop: $RUN does not exist"; exit 0; }
+	stop_postgres
+	stop_rabbitmq
+	say "both servers are stopped; data kept in $RUN"
+	exit 0
+fi
+
+# ---------------------------------------------------------------------------
+# packages, build, install
+
+ensure_packages
+
+step "building ordflow in build/ and installing it"
+BUILD=$ROOT/build/src
+copy_tree "$ROOT" "$BUILD" || die "copying the source to $BUILD failed"
+make -s -C "$BUILD" -j2 PG_CONFIG="$PG_CONFIG" || die "build failed"
+# install only when the module changed: a running server keeps its copy
+# mapped, and an unchanged install would only churn files
+PKGLIB=$("$PG_CONFIG" --pkglibdir)
+SHAREDIR=$("$PG_CONFIG" --sharedir)
+if ! cmp -s "$BUILD/ordflow.so" "$PKGLIB/ordflow.so" ||
+	! cmp -s "$BUILD/ordflow.control" "$SHAREDIR/extension/ordflow.control" ||
+	! cmp -s "$BUILD/ordflow--1.0.sql" "$SHAREDIR/extension/ordflow--1.0.sql"; then
+	make -s -C "$BUILD" install PG_CONFIG="$PG_CONFIG" >/dev/null || die "make install failed"
+	say "installed into $PKGLIB"
+	MODULE_CHANGED=1
+else
+	say "already installed and up to date"
+	MODULE_CHANGED=
+fi
+
+# ---------------------------------------------------------------------------
+# state folder
+
+if [ "$RUN" != "$ROOT/.run" ] && [ ! -e "$ROOT/.run" ]; then
+	ln -s "$RUN" "$ROOT/.run"
+	say "the postgres user cannot enter $ROOT, so the servers' data live in $RUN (.run points there)"
+fi
+mkdir -p "$RUN" "$SOCK" "$MQDIR"/{mnesia,log,home}
+chown postgres: "$RUN" "$SOCK" "$MQDIR" "$MQDIR"/{mnesia,log,home}
+chmod 700 "$SOCK"
+
+# ---------------------------------------------------------------------------
+# RabbitMQ
+
+if mq_running; then
+	say "RabbitMQ already running on 127.0.0.1:$MQ_PORT (reused)"
+else
+	step "starting RabbitMQ"
+	if [ -z "$MQ_PORT" ] || ! free_port "$MQ_PORT" 12 >/dev/null ||
+		[ "$(free_port "$MQ_PORT" 12)" != "$MQ_PORT" ]; then
+		MQ_PORT=$(free_port 16672 12) || die "no free ports for RabbitMQ"
+	fi
+	mq_ports
+	save_ports
+	cat > "$MQDIR/rabbitmq.conf" <<-EOF
+		# written by scripts/demo.sh
+		loopback_users.guest = true
+		log.file.level = info
+		log.console = false
+		disk_free_limit.absolute = 50MB
+	EOF
+	echo '[].' > "$MQDIR/enabled_plugins"
+	chown postgres: "$MQDIR/rabbitmq.conf" "$MQDIR/enabled_plugins"
+	rm -f "$MQDIR/rabbitmq.pid"
+	mq_run setsid "$RABBIT_BIN/rabbitmq-server" \
+		>> "$MQDIR/log/server.out" 2>&1 < /dev/null &
+	if ! mqctl wait "$MQDIR/rabbitmq.pid" --timeout 90 >/dev/null 2>&1; then
+		tail -n 40 "$MQDIR/log/server.out" >&2
+		die "RabbitMQ did not start (log: $MQDIR/log/)"
+	fi
+	say "RabbitMQ $MQ_NODE ready on 127.0.0.1:$MQ_PORT (log: $MQDIR/log/)"
+fi
+AMQP_URL="amqp://guest:guest@127.0.0.1:$MQ_PORT/%2f"
+
+# ---------------------------------------------------------------------------
+# PostgreSQL
+
+write_pg_conf()
+{
+	cat > "$PGDATA/ordflow-demo.conf" <<-EOF
+		# written by scripts/demo.sh on every start; ALTER SYSTEM overrides it
+		listen_addresses = '127.0.0.1'
+		port = $PG_PORT
+		unix_socket_directories = '$SOCK'
+		shared_preload_libraries = 'ordflow'
+		ordflow.database = 'postgres'
+		ordflow.amqp_url = '$AMQP_URL'
+		max_worker_processes = 16
+		log_line_prefix = '%m [%p] %b '
+	EOF
+	[ -n "$CONSUMERS" ] && echo "ordflow.consumers = $CONSUMERS" >> "$PGDATA/ordflow-demo.conf"
+	chown postgres: "$PGDATA/ordflow-demo.conf"
+}
+
+if [ ! -f "$PGDATA/PG_VERSION" ]; then
+	step "creating the PostgreSQL cluster in $PGDATA"
+	PGPASS_VALUE=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+	umask 077
+	printf '%s\n' "$PGPASS_VALUE" > "$RUN/pwfile"
+	chown postgres: "$RUN/pwfile"
+	as_pg "$PG_BINDIR/initdb" -D "$PGDATA" -U postgres -E UTF8 --locale=C.UTF-8 \
+		--auth-local=peer --auth-host=scram-sha-256 --pwfile="$RUN/pwfile" >/dev/null ||
+		die "initdb failed"
+	rm -f "$RUN/pwfile"
+	umask 022
+	# for the psql line we print (only root can read it)
+	printf '127.0.0.1:*:*:postgres:%s\n' "$PGPASS_VALUE" > "$RUN/pgpass"
+	chmod 600 "$RUN/pgpass"
+	echo "include_if_exists = 'ordflow-demo.conf'" >> "$PGDATA/postgresql.conf"
+fi
+
+# a running postmaster may still be starting or recovering from a crash
+wait_pg_ready()
+{
+	local i
+	for ((i = 0; i < 120; i++)); do
+		as_pg pg_isready -q -h "$SOCK" -p "$PG_PORT" -d postgres && return 0
+		sleep 0.5
+	done
+	tail -n 30 "$RUN/postgres.log" >&2
+	die "PostgreSQL does not accept connections (log: $RUN/postgres.log)"
+}
+
+if pg_running; then
+	say "PostgreSQL already running on 127.0.0.1:$PG_PORT (reused)"
+	wait_pg_ready
+	# the broker may have moved to another port
+	CUR_URL=$(pgsql -Atc "SELECT setting FROM pg_settings WHERE name = 'ordflow.amqp_url'") ||
+		die "cannot query the running server"
+	if [ "$CUR_URL" != "$AMQP_URL" ]; then
+		write_pg_conf
+		pgsql -c 'SELECT pg_reload_conf()' >/dev/null
+		say "pointed ordflow.amqp_url at the broker (reload)"
+	fi
+	[ -n "$MODULE_CHANGED" ] && say "note: the module was reinstalled; run --down and again to load it"
+else
+	step "starting PostgreSQL"
+	if [ -z "$PG_PORT" ] || [ "$(free_port "$PG_PORT")" != "$PG_PORT" ]; then
+		PG_PORT=$(free_port 16432) || die "no free port for PostgreSQL"
+	fi
+	save_ports
+	write_pg_conf
+	if ! as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" -l "$RUN/postgres.log" -w -t 60 start >/dev/null; then
+		tail -n 30 "$RUN/postgres.log" >&2
+		die "PostgreSQL did not start (log: $RUN/postgres.log)"
+	fi
+	wait_pg_ready
+	say "PostgreSQL ready on 127.0.0.1:$PG_PORT (log: $RUN/postgres.log)"
+fi
+
+# ---------------------------------------------------------------------------
+# extension, users, generator
+
+step "creating the extension, $USERS users, starting the generator at $RATE orders/s"
+pgsql -c 'CREATE EXTENSION IF NOT EXISTS ordflow' || die "CREATE EXTENSION failed"
+NUSERS=$(pgsql -Atc 'SELECT count(*) FROM ordflow.users') || die "cannot read ordflow.users"
+if [ "$NUSERS" -lt "$USERS" ]; then
+	pgsql -c "SELECT ordflow.create_user('Demo' || i, 'User' || i, (1000 + 100 * (i % 50))::numeric)
+	          FROM generate_series($NUSERS + 1, $USERS) AS i" >/dev/null || die "create_user failed"
+fi
+pgsql -Atc "SELECT ordflow.start($RATE)" >/dev/null || die "ordflow.start($RATE) failed"
+
+PSQL_LINE="PGPASSFILE=$RUN/pgpass psql -h 127.0.0.1 -p $PG_PORT -U postgres postgres"
+
+# ---------------------------------------------------------------------------
+# progress
+
+INTERRUPTED=
+trap 'INTERRUPTED=1' INT TERM
+
+printf '\n%-8s %9s %10s %10s %9s %6s %10s %9s\n' \
+	time 'orders/s' processed completed declined dead 'avg price' 'p99 ms'
+STATS_SQL="SELECT to_char(now(), 'HH24:MI:SS'), m.orders_processed, m.orders_completed,
+	m.orders_declined, (SELECT count(*) FROM ordflow.dead_letters),
+	coalesce(round(m.avg_execution_price, 2)::text, '-'),
+	coalesce(round(m.latency_p99_ms::numeric, 1)::text, '-'),
+	extract(epoch FROM clock_timestamp())
+	FROM ordflow.metrics() m"
+START=$(date +%s)
+PREV_N='' PREV_T=''
+LAST_ERR=
+while [ -z "$INTERRUPTED" ]; do
+	if OUT=$(pgsql -AtF ' ' -c "$STATS_SQL" 2>&1); then
+		read -r T N C D DL AVG P99 EPOCH <<< "$OUT"
+		if [ -n "$PREV_N" ]; then
+			RATE_NOW=$(awk -v a="$N" -v b="$PREV_N" -v t="$EPOCH" -v u="$PREV_T" \
+				'BEGIN { d = t - u; r = (d > 0) ? (a - b) / d : 0; printf "%.1f", r }')
+		else
+			RATE_NOW=-
+		fi
+		PREV_N=$N PREV_T=$EPOCH
+		printf '%-8s %9s %10s %10s %9s %6s %10s %9s\n' "$T" "$RATE_NOW" "$N" "$C" "$D" "$DL" "$AVG" "$P99"
+		LAST_ERR=
+	elif [ "$OUT" != "$LAST_ERR" ]; then
+		say "metrics query failed: $OUT"
+		LAST_ERR=$OUT
+	fi
+	if [ "$DURATION" -gt 0 ] && [ $(( $(date +%s) - START )) -ge "$DURATION" ]; then
+		break
+	fi
+	sleep 1 &
+	wait $! 2>/dev/null
+done
+trap - INT TERM
+echo
+
+if [ -n "$STOP" ]; then
+	step "stopping"
+	pgsql -Atc 'SELECT ordflow.stop()' >/dev/null && say "generator stopped"
+	stop_postgres
+	stop_rabbitmq
+	say "both servers are stopped; data kept in $RUN (scripts/demo.sh starts them again)"
+else
+	cat <<-EOF
+	ordflow keeps running (the generator makes $RATE orders/s; SELECT ordflow.stop() pauses it).
+	  connect:   $PSQL_LINE
+	  or:        runuser -u postgres -- psql -h $SOCK -p $PG_PORT postgres
+	  try:       SELECT * FROM ordflow.metrics();  SELECT * FROM ordflow.status();
+	  broker:    $AMQP_URL
+	  queues:    scripts/demo.sh --rabbitmqctl list_queues name messages consumers
+	  logs:      $RUN/postgres.log  $MQDIR/log/
+	  stop all:  scripts/demo.sh --down
+	EOF
+fi
