@@ -79,6 +79,17 @@ run_step()
 	fi
 }
 
+# PGXS's prove_installcheck: PATH has the PostgreSQL bindir, PG_REGRESS and
+# TESTDIR are set, and prove gets PostgreSQL::Test::* on its include path
+# shellcheck disable=SC2317  # called through run_step
+tap_run()
+{
+	as_pg make -C "$SRC" installcheck REGRESS= PG_CONFIG="$PG_CONFIG" \
+		PROVE_FLAGS="--timer" ${TAP_SELECTION:+PROVE_TESTS="$TAP_SELECTION"} 2>&1 |
+		tee "$1"
+	return "${PIPESTATUS[0]}"
+}
+
 show_file()
 {
 	local f=$1
@@ -121,7 +132,7 @@ else
 			as_pg make -C "$SRC" installcheck TAP_TESTS= PG_CONFIG="$PG_CONFIG"; then
 			show_file "$SRC/regression.diffs"
 			for f in "$SRC"/log/postmaster.log "$SRC"/tmp_check/log/postmaster.log; do
-				[ -f "$f" ] && { printf '\n----- tail of %s -----\n' "$f"; tail -n 60 "$f"; }
+				[ -f "$f" ] && { printf '\n----- tail of %s -----\n' "${f#"$SRC"/}"; tail -n 40 "$f"; }
 			done
 		fi
 	else
@@ -129,14 +140,25 @@ else
 	fi
 fi
 
-# 3. TAP tests (PGXS's prove_installcheck: PATH has the PostgreSQL bindir,
-# PG_REGRESS and TESTDIR are set, perl lib has PostgreSQL::Test::*)
+# 3. TAP tests
 if compgen -G "$SRC/t/*.pl" >/dev/null; then
+	TAP_OUT=$WORK/tap.out
 	if ! run_step "TAP tests (make installcheck, prove ${TAP_SELECTION:-t/*.pl})" \
-		as_pg make -C "$SRC" installcheck REGRESS= PG_CONFIG="$PG_CONFIG" \
-			PROVE_FLAGS="--timer" ${TAP_SELECTION:+PROVE_TESTS="$TAP_SELECTION"}; then
+		tap_run "$TAP_OUT"; then
+		# the logs of the failed tests only (all of them if none is named)
+		mapfile -t BAD < <(sed -n '/^Test Summary Report/,$p' "$TAP_OUT" |
+			grep -oE '^t/[^ ]+\.pl' | sed 's#^t/##; s#\.pl$##' | sort -u)
 		for f in "$SRC"/tmp_check/log/*; do
-			[ -f "$f" ] && show_file "$f"
+			[ -f "$f" ] || continue
+			if [ ${#BAD[@]} -gt 0 ]; then
+				b=$(basename "$f")
+				keep=
+				for t in "${BAD[@]}"; do
+					case $b in regress_log_"$t" | "$t"_*) keep=1 ;; esac
+				done
+				[ -n "$keep" ] || continue
+			fi
+			show_file "$f"
 		done
 	fi
 else

@@ -27,12 +27,22 @@ PG_FUNCTION_INFO_V1(ordflow_apply_generator_state);
 PG_FUNCTION_INFO_V1(ordflow_wake_relay_at_commit);
 PG_FUNCTION_INFO_V1(ordflow_truncated);
 
-/* Changes waiting for the current transaction to commit. */
+/*
+ * Changes waiting for the current transaction to commit.  start()/stop()
+ * calls are stacked with their subtransaction level, so rolling back a
+ * savepoint drops only what was requested inside it.
+ */
+#define MAX_PENDING 64
+typedef struct PendingGenerator
+{
+	int			level;
+	bool		running;
+	double		rate;
+} PendingGenerator;
+
 static bool callbacks_registered = false;
-static bool pending_generator = false;
-static int	pending_generator_level = 0;
-static bool pending_running = false;
-static double pending_rate = 0.0;
+static PendingGenerator pending_gen[MAX_PENDING];
+static int	n_pending_gen = 0;
 static bool pending_wake_relay = false;
 static bool pending_truncated = false;
 
@@ -43,13 +53,13 @@ ordflow_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
-			if (OfState != NULL && (pending_generator || pending_truncated))
+			if (OfState != NULL && (n_pending_gen > 0 || pending_truncated))
 			{
 				SpinLockAcquire(&OfState->mutex);
-				if (pending_generator)
+				if (n_pending_gen > 0)
 				{
-					OfState->gen_running = pending_running;
-					OfState->gen_rate = pending_rate;
+					OfState->gen_running = pending_gen[n_pending_gen - 1].running;
+					OfState->gen_rate = pending_gen[n_pending_gen - 1].rate;
 					OfState->gen_loaded = true;
 					OfState->gen_version++;
 				}
@@ -57,14 +67,14 @@ ordflow_xact_callback(XactEvent event, void *arg)
 					OfState->truncate_version++;
 				SpinLockRelease(&OfState->mutex);
 			}
-			if (pending_generator || pending_truncated)
+			if (n_pending_gen > 0 || pending_truncated)
 				of_wake_slot(OF_SLOT_GENERATOR);
 			if (pending_wake_relay)
 				of_wake_slot(OF_SLOT_RELAY);
 			/* FALLTHROUGH */
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
-			pending_generator = false;
+			n_pending_gen = 0;
 			pending_wake_relay = false;
 			pending_truncated = false;
 			break;
@@ -77,10 +87,17 @@ static void
 ordflow_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 						 SubTransactionId parentSubid, void *arg)
 {
-	/* A rolled back savepoint takes its start()/stop() with it. */
-	if (event == SUBXACT_EVENT_ABORT_SUB && pending_generator &&
-		pending_generator_level >= GetCurrentTransactionNestLevel())
-		pending_generator = false;
+	int			level = GetCurrentTransactionNestLevel();
+
+	/* A rolled back savepoint takes its start()/stop() with it ... */
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		while (n_pending_gen > 0 && pending_gen[n_pending_gen - 1].level >= level)
+			n_pending_gen--;
+	/* ... a released one hands them to its parent. */
+	if (event == SUBXACT_EVENT_COMMIT_SUB)
+		for (int i = 0; i < n_pending_gen; i++)
+			if (pending_gen[i].level >= level)
+				pending_gen[i].level = level - 1;
 }
 
 static void
@@ -101,10 +118,16 @@ ordflow_apply_generator_state(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("running must not be null")));
 	register_callbacks();
-	pending_generator = true;
-	pending_generator_level = GetCurrentTransactionNestLevel();
-	pending_running = PG_GETARG_BOOL(0);
-	pending_rate = PG_ARGISNULL(1) ? 0.0 : PG_GETARG_FLOAT8(1);
+	if (n_pending_gen == MAX_PENDING)
+	{
+		/* only the latest request matters at commit: keep the stack short */
+		memmove(&pending_gen[0], &pending_gen[1], sizeof(PendingGenerator) * (MAX_PENDING - 1));
+		n_pending_gen--;
+	}
+	pending_gen[n_pending_gen].level = GetCurrentTransactionNestLevel();
+	pending_gen[n_pending_gen].running = PG_GETARG_BOOL(0);
+	pending_gen[n_pending_gen].rate = PG_ARGISNULL(1) ? 0.0 : PG_GETARG_FLOAT8(1);
+	n_pending_gen++;
 	PG_RETURN_VOID();
 }
 

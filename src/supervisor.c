@@ -171,9 +171,34 @@ load_generator_state(void)
 	}
 }
 
+/*
+ * Delete events and metrics history older than ordflow.retention, a bounded
+ * chunk per call so no transaction grows long.  Orders stay; their final
+ * state is in the orders table.
+ */
+static void
+apply_retention(void)
+{
+	char	   *sql;
+
+	if (ordflow_event_retention <= 0)
+		return;
+	sql = psprintf("DELETE FROM ordflow.order_events WHERE event_id = ANY (ARRAY("
+				   " SELECT event_id FROM ordflow.order_events"
+				   "  WHERE event_time < pg_catalog.now() - pg_catalog.make_interval(mins => %d)"
+				   "  LIMIT 50000))", ordflow_event_retention);
+	SPI_execute(sql, false, 0);
+	sql = psprintf("DELETE FROM ordflow.metrics_minute"
+				   " WHERE minute < pg_catalog.now() - pg_catalog.make_interval(mins => %d)",
+				   ordflow_event_retention);
+	SPI_execute(sql, false, 0);
+}
+
 void
 ordflow_supervisor_main(Datum main_arg)
 {
+	TimestampTz last_retention = 0;
+
 	OfWorkerSlot *slot;
 	bool		was_present = false;
 
@@ -189,7 +214,15 @@ ordflow_supervisor_main(Datum main_arg)
 		of_begin_tx("ordflow supervisor: checking the extension");
 		present = of_extension_exists();
 		if (present)
+		{
 			load_generator_state();
+			if (TimestampDifferenceExceeds(last_retention, GetCurrentTimestamp(), 60000))
+			{
+				pgstat_report_activity(STATE_RUNNING, "ordflow supervisor: applying ordflow.retention");
+				apply_retention();
+				last_retention = GetCurrentTimestamp();
+			}
+		}
 		of_commit_tx();
 
 		if (present)

@@ -21,6 +21,7 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
 #include "amqp_conn.h"
@@ -101,14 +102,33 @@ of_worker_wait(long timeout_ms)
 void
 of_report_error(OfWorkerSlot *slot, const char *context)
 {
+	static char *last_logged = NULL;
+	static TimestampTz last_logged_at = 0;
+
 	ErrorData  *edata;
 	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
 
 	edata = CopyErrorData();
 	MemoryContextSwitchTo(oldcxt);
 	FlushErrorState();
-	ereport(LOG,
-			(errmsg("ordflow %s: %s", context, edata->message)));
+
+	/*
+	 * A persistent error repeats on every retry; log it when it changes or
+	 * once a minute, not every time.
+	 */
+	if (last_logged == NULL || strcmp(last_logged, edata->message) != 0 ||
+		TimestampDifferenceExceeds(last_logged_at, GetCurrentTimestamp(), 60000))
+	{
+		ereport(LOG,
+				(errmsg("ordflow %s: %s", context, edata->message),
+				 edata->detail ? errdetail_internal("%s", edata->detail) : 0));
+		if (last_logged)
+			pfree(last_logged);
+		last_logged = MemoryContextStrdup(TopMemoryContext, edata->message);
+		last_logged_at = GetCurrentTimestamp();
+	}
+	else
+		elog(DEBUG1, "ordflow %s: %s", context, edata->message);
 	of_slot_set_error(slot, edata->message);
 	FreeErrorData(edata);
 	AbortCurrentTransaction();
