@@ -12,6 +12,8 @@ OBJS = \
 	src/relay.o \
 	src/consumer.o \
 	src/order_processing.o \
+	src/message_batch.o \
+	src/spi_util.o \
 	src/worker_common.o
 
 EXTENSION = ordflow

@@ -41,10 +41,10 @@
 
 #include "order_processing.h"
 #include "ordflow.h"
+#include "spi_util.h"
+
 
 #define OF_HIST_BUCKETS 256
-#define NUMERICARRAYOID_ 1231	/* numeric[] */
-#define TIMESTAMPTZARRAYOID_ 1185	/* timestamptz[] */
 
 typedef enum PlanId
 {
@@ -53,8 +53,6 @@ typedef enum PlanId
 	PLAN_LOCK_USERS,
 	PLAN_APPLY,
 	PLAN_METRICS,
-	PLAN_DEAD_LETTERS,
-	PLAN_USER_EVENT,
 	NUM_PLANS
 } PlanId;
 
@@ -120,172 +118,26 @@ static const char *plan_sql[NUM_PLANS] = {
 	"    sum_price = m.sum_price + excluded.sum_price,"
 	"    latency_hist = ARRAY(SELECT COALESCE(h.a, 0) + COALESCE(h.b, 0)"
 	"                           FROM unnest(m.latency_hist, excluded.latency_hist)"
-	"                                WITH ORDINALITY AS h(a, b, i) ORDER BY h.i)",
-
-	/* PLAN_DEAD_LETTERS */
-	"INSERT INTO ordflow.dead_letters"
-	"       (queue, routing_key, body, body_text, error, redelivered, message_id, correlation_id)"
-	" SELECT * FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.bytea[],"
-	"        $4::pg_catalog.text[], $5::pg_catalog.text[], $6::pg_catalog.bool[], $7::pg_catalog.text[],"
-	"        $8::pg_catalog.text[])",
-
-	/* PLAN_USER_EVENT */
-	"SELECT ordflow.user_event($1::pg_catalog.jsonb)::pg_catalog.text"
+	"                                WITH ORDINALITY AS h(a, b, i) ORDER BY h.i)"
 };
 
-static const int plan_nargs[NUM_PLANS] = {6, 1, 1, 9, 7, 8, 1};
+static const int plan_nargs[NUM_PLANS] = {6, 1, 1, 9, 7};
 static const Oid plan_types[NUM_PLANS][9] = {
 	{INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, NUMERICARRAYOID_, TIMESTAMPTZARRAYOID_},
 	{INT8ARRAYOID},
 	{INT8ARRAYOID},
 	{INT8ARRAYOID, TEXTARRAYOID, NUMERICARRAYOID_, TEXTARRAYOID, INT8ARRAYOID, NUMERICARRAYOID_,
 	TIMESTAMPTZOID, INT8ARRAYOID, NUMERICARRAYOID_},
-	{INT4OID, INT8OID, INT8OID, INT8OID, NUMERICOID, INT8ARRAYOID, TIMESTAMPTZOID},
-	{TEXTARRAYOID, TEXTARRAYOID, BYTEAARRAYOID, TEXTARRAYOID, TEXTARRAYOID, BOOLARRAYOID,
-	TEXTARRAYOID, TEXTARRAYOID},
-	{TEXTOID}
+	{INT4OID, INT8OID, INT8OID, INT8OID, NUMERICOID, INT8ARRAYOID, TIMESTAMPTZOID}
 };
 
 static SPIPlanPtr plans[NUM_PLANS];
 
-void
-of_processing_reset_plans(void)
-{
-	for (int i = 0; i < NUM_PLANS; i++)
-	{
-		if (plans[i])
-			SPI_freeplan(plans[i]);
-		plans[i] = NULL;
-	}
-}
-
 static void
 run_plan(PlanId id, Datum *values, const char *nulls, int expected)
 {
-	int			rc;
-
-	if (plans[id] == NULL)
-	{
-		SPIPlanPtr	p = SPI_prepare(plan_sql[id], plan_nargs[id], (Oid *) plan_types[id]);
-
-		if (p == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		plans[id] = p;
-	}
-	rc = SPI_execute_plan(plans[id], values, nulls, false, 0);
-	if (rc != expected)
-		elog(ERROR, "ordflow: unexpected SPI result %s", SPI_result_code_string(rc));
-}
-
-/* ---- small array builders (palloc in the current context) ---- */
-
-typedef struct ArrBuild
-{
-	Datum	   *values;
-	bool	   *nulls;
-	int			n;
-} ArrBuild;
-
-static void
-arr_init(ArrBuild *b, int cap)
-{
-	b->values = palloc(sizeof(Datum) * Max(cap, 1));
-	b->nulls = palloc(sizeof(bool) * Max(cap, 1));
-	b->n = 0;
-}
-
-static void
-arr_add(ArrBuild *b, Datum v, bool isnull)
-{
-	b->values[b->n] = v;
-	b->nulls[b->n] = isnull;
-	b->n++;
-}
-
-static Datum
-arr_make(ArrBuild *b, Oid elemtype)
-{
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-	int			dims[1] = {b->n};
-	int			lbs[1] = {1};
-
-	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
-	return PointerGetDatum(construct_md_array(b->values, b->nulls, 1, dims, lbs,
-											  elemtype, typlen, typbyval, typalign));
-}
-
-/* Append a text element; NULL pointer means SQL NULL. */
-static void
-arr_add_text(ArrBuild *b, const char *s)
-{
-	if (s == NULL)
-		arr_add(b, (Datum) 0, true);
-	else
-		arr_add(b, CStringGetTextDatum(s), false);
-}
-
-/* ---- errors ---- */
-
-/* Errors that say nothing about the message: retry the batch later. */
-static bool
-is_transient(int sqlerrcode)
-{
-	switch (ERRCODE_TO_CATEGORY(sqlerrcode))
-	{
-		case ERRCODE_TRANSACTION_ROLLBACK:	/* deadlock, serialization */
-		case ERRCODE_INSUFFICIENT_RESOURCES:
-		case ERRCODE_OPERATOR_INTERVENTION: /* shutdown, cancel */
-		case ERRCODE_SYSTEM_ERROR:
-		case ERRCODE_CONNECTION_EXCEPTION:
-			return true;
-		default:
-			break;
-	}
-	return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
-		sqlerrcode == ERRCODE_UNDEFINED_TABLE ||	/* extension being dropped */
-		sqlerrcode == ERRCODE_UNDEFINED_FUNCTION ||
-		sqlerrcode == ERRCODE_READ_ONLY_SQL_TRANSACTION;
-}
-
-typedef void (*SubxactFn) (void *arg);
-
-/*
- * Run fn in a subtransaction.  Returns NULL on success, or the error (with
- * the subtransaction rolled back) when it is tied to the data; rethrows
- * transient errors.
- */
-static ErrorData *
-run_in_subxact(SubxactFn fn, void *arg)
-{
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	ErrorData  *volatile edata = NULL;
-
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcxt);
-	PG_TRY();
-	{
-		fn(arg);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-		if (is_transient(edata->sqlerrcode))
-			ReThrowError(edata);
-	}
-	PG_END_TRY();
-	return edata;
+	of_run_plan(&plans[id], plan_sql[id], plan_nargs[id], plan_types[id],
+				values, nulls, expected);
 }
 
 /* ---- orders ---- */
@@ -724,8 +576,8 @@ reset_work(OrderWork *w)
 	memset(w->hist, 0, sizeof(w->hist));
 }
 
-static void
-process_order_messages(OfMessage **orders, int n, int worker_no, OfBatchStats *stats)
+void
+of_process_order_messages(OfMessage **orders, int n, int worker_no, OfBatchStats *stats)
 {
 	OrderWork	w;
 	ErrorData  *err;
@@ -738,7 +590,7 @@ process_order_messages(OfMessage **orders, int n, int worker_no, OfBatchStats *s
 	w.worker_no = worker_no;
 	w.stats = stats;
 	reset_work(&w);
-	err = run_in_subxact(process_orders, &w);
+	err = of_run_in_subxact(process_orders, &w);
 	if (err == NULL)
 	{
 		stats->completed += w.completed;
@@ -755,7 +607,7 @@ process_order_messages(OfMessage **orders, int n, int worker_no, OfBatchStats *s
 		w.msgs = &orders[i];
 		w.n = 1;
 		reset_work(&w);
-		err = run_in_subxact(process_orders, &w);
+		err = of_run_in_subxact(process_orders, &w);
 		if (err == NULL)
 		{
 			stats->completed += w.completed;
@@ -766,161 +618,4 @@ process_order_messages(OfMessage **orders, int n, int worker_no, OfBatchStats *s
 		orders[i]->error = psprintf("processing failed: %s", err->message);
 		FreeErrorData(err);
 	}
-}
-
-/* ---- user events ---- */
-
-static void
-apply_user_event(void *arg)
-{
-	OfMessage  *m = arg;
-	Datum		v = CStringGetTextDatum(m->body);
-	bool		isnull;
-
-	run_plan(PLAN_USER_EVENT, &v, NULL, SPI_OK_SELECT);
-	m->reply = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	m->outcome = OF_OUT_APPLIED;
-}
-
-static char *
-json_error_reply(const char *message, int sqlerrcode)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	appendStringInfoString(&buf, "{\"error\": ");
-	escape_json(&buf, message);
-	appendStringInfo(&buf, ", \"sqlstate\": \"%s\"}", unpack_sql_state(sqlerrcode));
-	return buf.data;
-}
-
-static void
-process_user_event(OfMessage *m, OfBatchStats *stats)
-{
-	ErrorData  *err;
-
-	if (GetDatabaseEncoding() != PG_UTF8)
-		m->body = pg_any_to_server(m->body, m->body_len, PG_UTF8);
-	err = run_in_subxact(apply_user_event, m);
-	if (err == NULL)
-	{
-		stats->events++;
-		return;
-	}
-	m->outcome = OF_OUT_DEAD;
-	m->error = pstrdup(err->message);
-	m->reply = json_error_reply(err->message, err->sqlerrcode);
-	FreeErrorData(err);
-}
-
-/* ---- dead letters ---- */
-
-static void
-store_dead_letters(OfMessage *msgs, int n, OfBatchStats *stats)
-{
-	ArrBuild	q,
-				rk,
-				body,
-				btext,
-				err,
-				redel,
-				mid,
-				cid;
-	Datum		values[8];
-	int			count = 0;
-
-	for (int i = 0; i < n; i++)
-		if (msgs[i].outcome == OF_OUT_DEAD)
-			count++;
-	if (count == 0)
-		return;
-	arr_init(&q, count);
-	arr_init(&rk, count);
-	arr_init(&body, count);
-	arr_init(&btext, count);
-	arr_init(&err, count);
-	arr_init(&redel, count);
-	arr_init(&mid, count);
-	arr_init(&cid, count);
-	for (int i = 0; i < n; i++)
-	{
-		OfMessage  *m = &msgs[i];
-		bytea	   *raw;
-		bool		valid_text;
-
-		if (m->outcome != OF_OUT_DEAD)
-			continue;
-		raw = palloc(VARHDRSZ + m->body_len);
-		SET_VARSIZE(raw, VARHDRSZ + m->body_len);
-		memcpy(VARDATA(raw), m->body, m->body_len);
-		valid_text = GetDatabaseEncoding() == PG_UTF8 &&
-			memchr(m->body, '\0', m->body_len) == NULL &&
-			pg_verify_mbstr(PG_UTF8, m->body, (int) m->body_len, true);
-
-		arr_add_text(&q, m->queue);
-		arr_add_text(&rk, m->routing_key);
-		arr_add(&body, PointerGetDatum(raw), false);
-		arr_add(&btext, valid_text ? PointerGetDatum(cstring_to_text_with_len(m->body, m->body_len)) : 0,
-				!valid_text);
-		arr_add(&err, CStringGetTextDatum(m->error ? m->error : "unknown error"), false);
-		arr_add(&redel, BoolGetDatum(m->redelivered), false);
-		arr_add_text(&mid, m->message_id);
-		arr_add_text(&cid, m->correlation_id);
-		stats->dead++;
-	}
-	values[0] = arr_make(&q, TEXTOID);
-	values[1] = arr_make(&rk, TEXTOID);
-	values[2] = arr_make(&body, BYTEAOID);
-	values[3] = arr_make(&btext, TEXTOID);
-	values[4] = arr_make(&err, TEXTOID);
-	values[5] = arr_make(&redel, BOOLOID);
-	values[6] = arr_make(&mid, TEXTOID);
-	values[7] = arr_make(&cid, TEXTOID);
-	run_plan(PLAN_DEAD_LETTERS, values, NULL, SPI_OK_INSERT);
-}
-
-/*
- * Process n messages in the current transaction (SPI connected).  Every
- * message ends with an outcome; the caller commits and then acks them all.
- */
-void
-of_process_batch(OfMessage *msgs, int n, int worker_no, OfBatchStats *stats)
-{
-	OfMessage **orders = palloc(sizeof(OfMessage *) * n);
-	int			norders = 0;
-	char		err[OF_MSG_ERR_LEN];
-
-	for (int i = 0; i < n; i++)
-	{
-		OfMessage  *m = &msgs[i];
-
-		m->outcome = OF_OUT_PENDING;
-		if (m->kind == OF_MSG_ORDER)
-		{
-			if (of_parse_order(m->body, m->body_len, &m->order, err, sizeof(err)))
-				orders[norders++] = m;
-			else
-			{
-				m->outcome = OF_OUT_DEAD;
-				m->error = pstrdup(err);
-			}
-		}
-		else
-		{
-			if (!of_parse_user_event(m->body, m->body_len, &m->event, err, sizeof(err)))
-			{
-				m->outcome = OF_OUT_DEAD;
-				m->error = pstrdup(err);
-				m->reply = json_error_reply(err, ERRCODE_INVALID_PARAMETER_VALUE);
-			}
-		}
-	}
-
-	process_order_messages(orders, norders, worker_no, stats);
-
-	for (int i = 0; i < n; i++)
-		if (msgs[i].kind == OF_MSG_USER_EVENT && msgs[i].outcome == OF_OUT_PENDING)
-			process_user_event(&msgs[i], stats);
-
-	store_dead_letters(msgs, n, stats);
 }

@@ -61,6 +61,7 @@ typedef struct OfBatchStats
 } OfBatchStats;
 
 extern void of_process_batch(OfMessage *msgs, int n, int worker_no, OfBatchStats *stats);
-extern void of_processing_reset_plans(void);
+extern void of_process_order_messages(OfMessage **orders, int n, int worker_no,
+									  OfBatchStats *stats);
 
 #endif							/* ORDFLOW_ORDER_PROCESSING_H */

@@ -10,6 +10,8 @@
  */
 #include "postgres.h"
 
+#include <signal.h>
+
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
@@ -70,6 +72,12 @@ of_slot_attach(int slotno, OfWorkerKind kind, int index)
 	slot = &OfState->slots[slotno];
 
 	SpinLockAcquire(&OfState->mutex);
+	/* A restarted supervisor may launch a twin of a worker that still runs. */
+	if (slot->pid != 0 && slot->pid != MyProcPid && kill(slot->pid, 0) == 0)
+	{
+		SpinLockRelease(&OfState->mutex);
+		return NULL;
+	}
 	slot->kind = kind;
 	slot->index = index;
 	slot->pid = MyProcPid;

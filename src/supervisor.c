@@ -10,6 +10,8 @@
  */
 #include "postgres.h"
 
+#include <signal.h>
+
 #include "access/xact.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -65,7 +67,15 @@ child_running(int slotno)
 	pid_t		pid;
 
 	if (children[slotno].handle == NULL)
-		return false;
+	{
+		/* adopted from a previous supervisor: alive while its slot is held */
+		pid_t		held;
+
+		SpinLockAcquire(&OfState->mutex);
+		held = OfState->slots[slotno].pid;
+		SpinLockRelease(&OfState->mutex);
+		return held != 0 && kill(held, 0) == 0;
+	}
 	if (GetBackgroundWorkerPid(children[slotno].handle, &pid) == BGWH_STOPPED)
 	{
 		pfree(children[slotno].handle);
@@ -133,7 +143,20 @@ static void
 stop_child(int slotno)
 {
 	if (child_running(slotno))
-		TerminateBackgroundWorker(children[slotno].handle);
+	{
+		if (children[slotno].handle)
+			TerminateBackgroundWorker(children[slotno].handle);
+		else
+		{
+			pid_t		held;
+
+			SpinLockAcquire(&OfState->mutex);
+			held = OfState->slots[slotno].pid;
+			SpinLockRelease(&OfState->mutex);
+			if (held != 0)
+				kill(held, SIGTERM);
+		}
+	}
 	children[slotno].started_at = 0;
 	children[slotno].next_launch = 0;
 	children[slotno].backoff_ms = 0;
@@ -194,6 +217,36 @@ apply_retention(void)
 	SPI_execute(sql, false, 0);
 }
 
+/* Is the extension there?  Also loads state and applies retention. */
+static bool
+check_database(OfWorkerSlot *slot, TimestampTz *last_retention, bool was_present)
+{
+	volatile bool present = was_present;
+
+	PG_TRY();
+	{
+		of_begin_tx("ordflow supervisor: checking the extension");
+		present = of_extension_exists();
+		if (present)
+		{
+			load_generator_state();
+			if (TimestampDifferenceExceeds(*last_retention, GetCurrentTimestamp(), 60000))
+			{
+				pgstat_report_activity(STATE_RUNNING, "ordflow supervisor: applying ordflow.retention");
+				apply_retention();
+				*last_retention = GetCurrentTimestamp();
+			}
+		}
+		of_commit_tx();
+	}
+	PG_CATCH();
+	{
+		of_report_error(slot, "supervisor");
+	}
+	PG_END_TRY();
+	return present;
+}
+
 void
 ordflow_supervisor_main(Datum main_arg)
 {
@@ -211,19 +264,7 @@ ordflow_supervisor_main(Datum main_arg)
 
 		of_worker_interrupts();
 
-		of_begin_tx("ordflow supervisor: checking the extension");
-		present = of_extension_exists();
-		if (present)
-		{
-			load_generator_state();
-			if (TimestampDifferenceExceeds(last_retention, GetCurrentTimestamp(), 60000))
-			{
-				pgstat_report_activity(STATE_RUNNING, "ordflow supervisor: applying ordflow.retention");
-				apply_retention();
-				last_retention = GetCurrentTimestamp();
-			}
-		}
-		of_commit_tx();
+		present = check_database(slot, &last_retention, was_present);
 
 		if (present)
 		{

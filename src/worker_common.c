@@ -15,6 +15,7 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
@@ -40,6 +41,11 @@ of_worker_start(int slotno, OfWorkerKind kind, int index)
 	/* Our statements name every schema; trust nothing else on the path. */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 	slot = of_slot_attach(slotno, kind, index);
+	if (slot == NULL)
+	{
+		ereport(LOG, (errmsg("ordflow: %s is already running, exiting", MyBgworkerEntry->bgw_name)));
+		proc_exit(0);
+	}
 	pgstat_report_appname(MyBgworkerEntry->bgw_type);
 	return slot;
 }
