@@ -459,10 +459,15 @@ BEGIN
 				  HINT = 'The symbol must have 1 to 12 characters.';
 	END IF;
 
-	INSERT INTO ordflow.orders AS o (uid, amount, symbol, quantity, source)
-	VALUES (place_order.uid, place_order.amount, place_order.symbol,
-			place_order.quantity, 'sql')
-	RETURNING o.order_id, o.created_at INTO new_id, created;
+	-- Outside producers choose their own ids; skip any they already took.
+	LOOP
+		INSERT INTO ordflow.orders AS o (uid, amount, symbol, quantity, source)
+		VALUES (place_order.uid, place_order.amount, place_order.symbol,
+				place_order.quantity, 'sql')
+		ON CONFLICT (order_id) DO NOTHING
+		RETURNING o.order_id, o.created_at INTO new_id, created;
+		EXIT WHEN FOUND;
+	END LOOP;
 
 	INSERT INTO ordflow.order_events (order_id, uid, status, amount)
 	VALUES (new_id, place_order.uid, 'initialised', place_order.amount);

@@ -114,7 +114,7 @@ mq_env()
 	)
 }
 # run as postgres with the broker's environment
-mq_run() { mq_env; runuser -u postgres -- env "${MQ_ENV[@]}" "$@"; }
+mq_run() { mq_env; (cd / && runuser -u postgres -- env "${MQ_ENV[@]}" "$@"); }
 mqctl() { mq_run "$RABBIT_BIN/rabbitmqctl" -n "$MQ_NODE" "$@"; }
 
 mq_running()

@@ -59,10 +59,12 @@ ensure_packages()
 	[ $rc -eq 0 ] || die "apt-get failed (exit $rc)"
 }
 
-# run a command as the postgres user, with the PostgreSQL binaries first in PATH
+# run a command as the postgres user, with the PostgreSQL binaries first in
+# PATH, from / (the caller's folder may be closed to postgres, and psql
+# would warn about it on every call)
 as_pg()
 {
-	runuser -u postgres -- env PATH="$PG_BINDIR:/usr/local/bin:/usr/bin:/bin" "$@"
+	(cd / && runuser -u postgres -- env PATH="$PG_BINDIR:/usr/local/bin:/usr/bin:/bin" "$@")
 }
 
 # copy a source tree without VCS data, build products or runtime state
@@ -105,5 +107,5 @@ free_port()
 # true if user postgres can enter directory $1
 postgres_can_enter()
 {
-	runuser -u postgres -- test -x "$1" 2>/dev/null
+	(cd / && runuser -u postgres -- test -x "$1") 2>/dev/null
 }

@@ -377,6 +377,10 @@ ordflow_consumer_main(Datum main_arg)
 		send_replies(&a, msgs, n);
 		if (of_amqp_ack(&a, msgs[n - 1].delivery_tag))
 			of_slot_add_processed(slot, n);
+		if (stats.stale > 0)
+			ereport(LOG,
+					(errmsg("ordflow: dropped %d message(s) of orders removed by ordflow.truncate()",
+							stats.stale)));
 		if (stats.dead > 0)
 			ereport(LOG,
 					(errmsg("ordflow: %d message(s) moved to ordflow.dead_letters", stats.dead)));

@@ -40,6 +40,7 @@ static const char *insert_orders_sql =
 "  SELECT v.uid, v.symbol, v.quantity, 'initialised', 'generator'"
 "    FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[], $3::pg_catalog.int4[])"
 "         AS v(uid, symbol, quantity)"
+"  ON CONFLICT (order_id) DO NOTHING"	/* an id an outside producer took */
 "  RETURNING order_id, uid, symbol, quantity, amount, created_at),"
 " e AS ("
 "  INSERT INTO ordflow.order_events (order_id, uid, status, event_time, amount)"

@@ -212,6 +212,15 @@ of_process_batch(OfMessage *msgs, int n, int worker_no, OfBatchStats *stats)
 				m->error = pstrdup(err);
 				m->reply = json_error_reply(err, ERRCODE_INVALID_PARAMETER_VALUE);
 			}
+			else if (strlen(m->routing_key) == 6 && strncmp(m->routing_key, "user.", 5) == 0 &&
+					 pg_toupper((unsigned char) m->routing_key[5]) != m->event.type)
+			{
+				/* user.D carrying a "C" event: trust neither */
+				m->outcome = OF_OUT_DEAD;
+				m->error = psprintf("routing key %s does not match event type \"%c\"",
+									m->routing_key, m->event.type);
+				m->reply = json_error_reply(m->error, ERRCODE_INVALID_PARAMETER_VALUE);
+			}
 		}
 	}
 

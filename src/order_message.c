@@ -90,7 +90,7 @@ static const KeyName event_keys[] = {
 	KEY("type"), KEY("condition"), KEY("new_val")
 };
 
-/* Longest known key plus one, so longer keys are certainly unknown. */
+/* Longer than any known key, so a key that does not fit is certainly unknown. */
 #define KEYBUF_LEN 16
 
 /* Remembered unknown top-level keys, for the duplicate check. */
@@ -965,7 +965,6 @@ typedef struct
 	OfOrderMsg *order;
 	OfUserEventMsg *event;
 	unsigned	seen_mask;		/* known keys present */
-	unsigned	null_mask;		/* known keys present with null */
 } MsgState;
 
 /* Handle the value of a known order key. */
@@ -993,8 +992,6 @@ order_field(Parser *ps, MsgState *ms, int key)
 	}
 	if (!parse_value(ps, 2, &so, &k, &num))
 		return false;
-	if (k == V_NULL)
-		ms->null_mask |= 1u << key;
 
 	switch (key)
 	{

@@ -508,7 +508,8 @@ process_orders(void *arg)
 		arr_add(&a_status, CStringGetTextDatum(status), false);
 		arr_add(&a_notes, notes ? CStringGetTextDatum(notes) : 0, notes == NULL);
 		arr_add(&a_uid, Int64GetDatum(o->uid), !o->has_uid);
-		arr_add(&a_evamt, price, false);
+		/* an unknown user's order has no price to speak of */
+		arr_add(&a_evamt, price, notes != NULL && strcmp(notes, "unknown user") == 0);
 		if (notes == NULL)
 		{
 			arr_add(&a_price, price, false);

@@ -124,7 +124,9 @@ sub _zero
 After a drain: every committed order processed exactly once, balances and
 metrics consistent, outbox empty.  Options: min_orders => N (at least that
 many orders exist), dead_letters => 0 (expected dead letters; undef skips),
-order_ids => [ids placed and committed by the test, each must be processed].
+order_ids => [ids placed and committed by the test, each must be processed],
+symbols => { SYM => n } (n processed orders with that symbol; the generator
+only makes 3-character symbols, so longer ones are the test's own).
 
 =cut
 
@@ -237,6 +239,14 @@ sub check
 			scalar @{ $o{order_ids} },
 			"${p}each of the " . scalar(@{ $o{order_ids} })
 			  . ' orders the test committed during the fault was processed');
+	}
+	for my $sym (sort keys %{ $o{symbols} || {} })
+	{
+		is(scalar_sql($node, qq{
+				SELECT count(*) FROM ordflow.orders
+				 WHERE symbol = '$sym' AND status <> 'initialised'}),
+			$o{symbols}{$sym},
+			"${p}all $o{symbols}{$sym} '$sym' orders the test committed were processed");
 	}
 	note "$label: " . counts($node) . ' ' . scalar_sql($node, q{
 		SELECT format('completed=%s declined=%s',

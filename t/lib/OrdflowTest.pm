@@ -267,6 +267,7 @@ sub _launch
 	}
 	$self->{beam_pid} = _read_pid($self->{pid_file});
 	$self->{running} = 1;
+	$self->{stopped} = 0;    # restart() after stop() must be stopped again at exit
 	note "RabbitMQ $self->{node} ready on 127.0.0.1:$self->{port}"
 	  . ($self->{tls_port} ? " (amqps $self->{tls_port})" : '')
 	  . ", beam pid $self->{beam_pid}";

@@ -1,0 +1,637 @@
+#!/usr/bin/env bash
+# bench/run.sh [--quick] [--runs N] [--profile] [--keep] - ordflow's benchmark.
+#
+# As root on Debian 12: installs missing packages, builds and installs the
+# extension from a private copy, starts its own RabbitMQ and PostgreSQL 15
+# (on free loopback ports under /var/tmp/ordflow-bench.*) and measures, in
+# the same run:
+#   1. raw broker pipe   bench/raw_pipe.c: persistent messages, confirms
+#                        waited per 1000, prefetch 2000, multiple-acks
+#   2. ordflow drain     N place_order() in one transaction, generator
+#                        stopped, commit -> metrics() shows N processed;
+#                        anonymous orders, orders of existing users (credit
+#                        checks), and anonymous with ordflow.consumers = 2
+#   3. sustained         generator at ordflow.start(1000000) for 30 s
+#   4. latency           generator at 1000/s for 30 s: metrics() vs recompute
+#   5. metrics() cost    median of 100 calls with 1k and 1M processed orders
+#   6. naive baseline    ordflow.batch_size = 1 (one transaction and one ack
+#                        per message); 6b adds relay_batch_size = 1
+# Medians of --runs rounds (3; 1 with --quick, which also shortens
+# everything).  Prints a table and the ratios and writes bench/out/
+# results.csv (one figure per line) and bench/out/sustained.csv (the
+# sustained run, one line a second).  --profile adds a drain under
+# `perf record` (bench/out/perf-*.txt).  Every server it started is stopped
+# at the end; --keep keeps the work folder (logs) for a post-mortem.
+#
+# Servers run with their defaults except: shared_preload_libraries =
+# 'ordflow', max_worker_processes = 20, shared_buffers = 512MB,
+# max_wal_size = 4GB (no checkpoint storm mid-run).  synchronous_commit
+# stays on and fsync stays on: every figure includes a WAL flush per
+# transaction, as a production setup would.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=../scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+
+QUICK=
+RUNS=
+PROFILE=
+KEEP=
+usage()
+{
+	sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
+	exit "${1:-0}"
+}
+while [ $# -gt 0 ]; do
+	case $1 in
+		--quick) QUICK=1; shift ;;
+		--runs) RUNS=${2:?--runs needs a value}; shift 2 ;;
+		--runs=*) RUNS=${1#*=}; shift ;;
+		--profile) PROFILE=1; shift ;;
+		--keep) KEEP=1; shift ;;
+		-h|--help) usage 0 ;;
+		*) say "unknown option: $1"; usage 1 ;;
+	esac
+done
+
+if [ -n "$QUICK" ]; then
+	RUNS=${RUNS:-1}
+	N_RAW=50000			# messages through the raw pipe
+	N_DRAIN=20000		# orders per drain
+	N_NAIVE=2000		# orders per naive drain (it is ~10x slower)
+	SUSTAIN_S=10
+	LATENCY_S=10
+else
+	RUNS=${RUNS:-3}
+	N_RAW=100000
+	N_DRAIN=50000
+	N_NAIVE=5000
+	SUSTAIN_S=30
+	LATENCY_S=30
+fi
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive whole number"
+N_USERS=1000
+N_BIG=1000000			# processed orders for the metrics() cost test
+
+require_root
+ensure_packages
+if [ -n "$PROFILE" ] && ! command -v perf >/dev/null; then
+	# shellcheck disable=SC2034  # read by ensure_packages
+	ORDFLOW_PACKAGES=(linux-perf)
+	ensure_packages
+fi
+
+OUT=$ROOT/bench/out
+mkdir -p "$OUT"
+WORK=$(mktemp -d /var/tmp/ordflow-bench.XXXXXX) || die "mktemp failed"
+chmod 755 "$WORK"
+SRC=$WORK/src
+PGDATA=$WORK/pgdata
+SOCK=$WORK/sock
+MQDIR=$WORK/rabbitmq
+RESULTS=$OUT/results.csv
+RUN_ID=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+MQ_NODE=ordflow_bench_$$@localhost
+MQ_PORT='' MQ_EPMD='' PG_STARTED=
+
+# ---------------------------------------------------------------------------
+# cleanup: stop what we started (by pid file), then remove the work folder
+
+# shellcheck disable=SC2317  # invoked by the EXIT trap
+cleanup()
+{
+	local rc=$? pid
+	trap - EXIT INT TERM
+	if [ -n "$PG_STARTED" ] && [ -f "$PGDATA/postmaster.pid" ]; then
+		say "stopping PostgreSQL"
+		as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" -m fast -w -t 30 stop >/dev/null 2>&1 ||
+			as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1
+	fi
+	if [ -f "$MQDIR/rabbitmq.pid" ]; then
+		pid=$(grep -o '[0-9]*' "$MQDIR/rabbitmq.pid" | head -n1)
+		if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+			say "stopping RabbitMQ"
+			kill -TERM "$pid" 2>/dev/null
+			for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+			kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+		fi
+	fi
+	[ -n "$MQ_EPMD" ] && epmd -port "$MQ_EPMD" -kill >/dev/null 2>&1
+	if [ -n "$KEEP" ]; then
+		say "kept $WORK"
+	else
+		rm -rf "$WORK"
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------
+# build and install
+
+step "building ordflow in $SRC and installing it"
+copy_tree "$ROOT" "$SRC"
+chown -R postgres: "$WORK"
+as_pg make -s -C "$SRC" -j2 PG_CONFIG="$PG_CONFIG" >/dev/null || die "build failed"
+make -s -C "$SRC" install PG_CONFIG="$PG_CONFIG" >/dev/null || die "make install failed"
+cc -O2 -Wall -Wextra -o "$WORK/raw_pipe" "$ROOT/bench/raw_pipe.c" -lrabbitmq ||
+	die "compiling bench/raw_pipe.c failed"
+
+# ---------------------------------------------------------------------------
+# RabbitMQ, as postgres, with everything under $MQDIR (as scripts/demo.sh)
+
+MQ_PORT=$(free_port 17672 12) || die "no free ports for RabbitMQ"
+MQ_DIST=$((MQ_PORT + 1))
+MQ_EPMD=$((MQ_PORT + 2))
+MQ_ENV=(
+	HOME="$MQDIR/home"
+	RABBITMQ_NODENAME="$MQ_NODE"
+	RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+	RABBITMQ_NODE_PORT="$MQ_PORT"
+	RABBITMQ_DIST_PORT="$MQ_DIST"
+	RABBITMQ_MNESIA_BASE="$MQDIR/mnesia"
+	RABBITMQ_LOG_BASE="$MQDIR/log"
+	RABBITMQ_CONFIG_FILE="$MQDIR/rabbitmq.conf"
+	RABBITMQ_ADVANCED_CONFIG_FILE="$MQDIR/advanced.config"
+	RABBITMQ_ENABLED_PLUGINS_FILE="$MQDIR/enabled_plugins"
+	RABBITMQ_PID_FILE="$MQDIR/rabbitmq.pid"
+	RABBITMQ_CONF_ENV_FILE=/dev/null
+	RABBITMQ_CTL_DIST_PORT_MIN=$((MQ_PORT + 3))
+	RABBITMQ_CTL_DIST_PORT_MAX=$((MQ_PORT + 12))
+	ERL_EPMD_PORT="$MQ_EPMD"
+	ERL_EPMD_ADDRESS=127.0.0.1
+	LANG=C.UTF-8
+	LC_ALL=C.UTF-8
+)
+mqctl() { runuser -u postgres -- env "${MQ_ENV[@]}" "$RABBIT_BIN/rabbitmqctl" -n "$MQ_NODE" "$@"; }
+
+step "starting RabbitMQ on 127.0.0.1:$MQ_PORT"
+mkdir -p "$MQDIR"/{mnesia,log,home}
+cat > "$MQDIR/rabbitmq.conf" <<-EOF
+	# written by bench/run.sh
+	loopback_users.guest = true
+	log.file.level = warning
+	log.console = false
+	disk_free_limit.absolute = 50MB
+EOF
+echo '[].' > "$MQDIR/enabled_plugins"
+chown -R postgres: "$MQDIR"
+runuser -u postgres -- env "${MQ_ENV[@]}" setsid "$RABBIT_BIN/rabbitmq-server" \
+	>> "$MQDIR/log/server.out" 2>&1 < /dev/null &
+if ! mqctl wait "$MQDIR/rabbitmq.pid" --timeout 90 >/dev/null 2>&1; then
+	tail -n 40 "$MQDIR/log/server.out" >&2
+	die "RabbitMQ did not start"
+fi
+MQ_PID=$(grep -o '[0-9]*' "$MQDIR/rabbitmq.pid" | head -n1)
+AMQP_URL="amqp://guest:guest@127.0.0.1:$MQ_PORT/%2f"
+
+# ---------------------------------------------------------------------------
+# PostgreSQL
+
+PG_PORT=$(free_port 17432) || die "no free port for PostgreSQL"
+step "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+mkdir -p "$SOCK"
+chown postgres: "$SOCK"
+as_pg "$PG_BINDIR/initdb" -D "$PGDATA" -U postgres -E UTF8 --locale=C.UTF-8 -A peer \
+	>/dev/null || die "initdb failed"
+cat >> "$PGDATA/postgresql.conf" <<-EOF
+	# written by bench/run.sh
+	listen_addresses = ''
+	port = $PG_PORT
+	unix_socket_directories = '$SOCK'
+	shared_preload_libraries = 'ordflow'
+	ordflow.database = 'postgres'
+	ordflow.amqp_url = '$AMQP_URL'
+	max_worker_processes = 20
+	shared_buffers = 512MB
+	max_wal_size = 4GB
+	# synchronous_commit = on (the default): kept, the guarantees need it
+	log_line_prefix = '%m [%p] %b '
+EOF
+PG_STARTED=1
+as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" -l "$WORK/postgres.log" -w -t 60 start >/dev/null || {
+	tail -n 30 "$WORK/postgres.log" >&2
+	die "PostgreSQL did not start"
+}
+
+pg() { as_pg psql -X -q -v ON_ERROR_STOP=1 -h "$SOCK" -p "$PG_PORT" -d postgres -At "$@"; }
+
+pg >/dev/null <<-'EOF' || die "setting up the database failed"
+	CREATE EXTENSION ordflow;
+	-- Polls metrics() until it shows target processed orders; returns the
+	-- server's epoch time then.  VOLATILE: every poll sees a new snapshot.
+	CREATE FUNCTION public.bench_wait_processed(target bigint, timeout_s float8)
+	RETURNS float8 LANGUAGE plpgsql VOLATILE AS $$
+	DECLARE
+		t0 timestamptz := clock_timestamp();
+		n  bigint;
+	BEGIN
+		LOOP
+			SELECT orders_processed INTO n FROM ordflow.metrics();
+			EXIT WHEN n >= target;
+			IF clock_timestamp() - t0 > timeout_s * interval '1 second' THEN
+				RAISE EXCEPTION 'timed out: % of % orders processed after % s', n, target, timeout_s;
+			END IF;
+			PERFORM pg_sleep(0.02);
+		END LOOP;
+		RETURN extract(epoch FROM clock_timestamp());
+	END $$;
+	-- Median and 90th percentile execution time (ms) of calls metrics() calls.
+	CREATE FUNCTION public.bench_metrics_cost(calls int)
+	RETURNS TABLE(median_ms float8, p90_ms float8) LANGUAGE plpgsql VOLATILE AS $$
+	DECLARE
+		t  timestamptz;
+		ms float8[] := '{}';
+	BEGIN
+		FOR i IN 1 .. 10 LOOP PERFORM * FROM ordflow.metrics(); END LOOP;  -- warm-up
+		FOR i IN 1 .. calls LOOP
+			t := clock_timestamp();
+			PERFORM * FROM ordflow.metrics();
+			ms := ms || extract(epoch FROM clock_timestamp() - t) * 1000;
+		END LOOP;
+		RETURN QUERY SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x),
+							percentile_cont(0.9) WITHIN GROUP (ORDER BY x)
+					   FROM unnest(ms) AS x;
+	END $$;
+EOF
+pg -c "SELECT count(ordflow.create_user('Bench' || i, 'User' || i, 1e12))
+       FROM generate_series(1, $N_USERS) AS i" >/dev/null || die "create_user failed"
+MIN_UID=$(pg -c "SELECT min(uid) FROM ordflow.users")
+
+# Workers up: supervisor, generator, relay, 1 consumer, connected.
+wait_consumers()
+{
+	local want=$1 i got
+	for ((i = 0; i < 300; i++)); do
+		got=$(pg -c "SELECT count(*) FROM ordflow.status() WHERE worker LIKE 'consumer%' AND connected")
+		[ "$got" = "$want" ] &&
+			[ "$(pg -c "SELECT count(*) FROM ordflow.status() WHERE worker = 'relay' AND connected")" = 1 ] &&
+			return 0
+		sleep 0.2
+	done
+	pg -c "SELECT * FROM ordflow.status()" >&2
+	die "expected $want connected consumers and a connected relay"
+}
+wait_consumers 1
+say "RabbitMQ $MQ_NODE and PostgreSQL ready; ordflow's workers connected"
+
+set_guc()
+{
+	pg -c "ALTER SYSTEM SET $1 = $2" -c "SELECT pg_reload_conf()" >/dev/null || die "ALTER SYSTEM SET $1 failed"
+	# the workers read the new value at their next loop (< 1 s)
+	sleep 1.5
+}
+
+# ---------------------------------------------------------------------------
+# figures
+
+: > "$WORK/results.tmp"
+# record TEST ROUND METRIC VALUE UNIT
+record()
+{
+	printf '%s,%s,%s,%s,%s,%s\n' "$RUN_ID" "$1" "$2" "$3" "$4" "$5" >> "$WORK/results.tmp"
+}
+# median of the recorded values of TEST METRIC (empty if none)
+median()
+{
+	awk -F, -v t="$1" -v m="$2" '$2 == t && $4 == m && $3 != "median" { print $5 }' "$WORK/results.tmp" |
+		sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit; if (NR % 2) print v[(NR + 1) / 2]; else printf "%.6g\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+fmt() { awk -v v="$1" -v d="${2:-0}" 'BEGIN { if (v == "") print "-"; else printf "%.*f\n", d, v }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f\n", a / b }'; }
+
+# CPU ticks (user+sys) of a pid; 0 if gone
+# (fields after the parenthesised command name: utime is the 12th, stime the 13th)
+ticks() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }; awk '{ print $12 + $13 }' <<< "${s##*) }"; }
+CLK_TCK=$(getconf CLK_TCK)
+PG_PID=$(head -n1 "$PGDATA/postmaster.pid")
+# "name pid" lines: the ordflow workers, the broker, and every other postgres process
+cpu_pids()
+{
+	pg -F ' ' -c "SELECT replace(worker, ' ', '_'), pid FROM ordflow.status()"
+	echo "rabbitmq $MQ_PID"
+	local p
+	for p in $(pgrep -P "$PG_PID"); do echo "pg:$p $p"; done
+}
+# snapshot FILE: name pid ticks
+cpu_snapshot()
+{
+	local name pid
+	while read -r name pid; do echo "$name $pid $(ticks "$pid")"; done < "$WORK/cpu.pids" > "$1"
+}
+# cpu_report TEST ROUND SECONDS: CPU seconds per component between the two
+# snapshots, as a share of one core over the drain
+cpu_report()
+{
+	awk -v tck="$CLK_TCK" -v secs="$3" -v test="$1" -v round="$2" -v run="$RUN_ID" '
+		FNR == NR { a[$2] = $3; next }
+		{
+			n = $1; if (n ~ /^pg:/) n = "other_postgres"
+			seen[$2]++; if (seen[$2] > 1) next
+			c[n] += ($3 - a[$2]) / tck
+		}
+		END {
+			for (n in c) printf "%s,%s,%s,cpu_%s,%.3f,core_fraction\n", run, test, round, n, c[n] / secs
+		}' "$WORK/cpu.before" "$WORK/cpu.after" >> "$WORK/results.tmp"
+}
+
+# 1. raw broker pipe
+raw_once()
+{
+	local r=$1 out rate
+	out=$("$WORK/raw_pipe" 127.0.0.1 "$MQ_PORT" "$N_RAW" 1000 2000 500) || die "raw_pipe failed"
+	rate=$(sed -n 's/.* rate=\([0-9.]*\).*/\1/p' <<< "$out")
+	record raw_pipe "$r" msgs_per_s "$rate" msg/s
+	say "  raw pipe, round $r: $out"
+}
+
+# 2./6. drain: N orders in one transaction, timed from its commit until
+# metrics() shows them all processed.  $3 is the uid expression.
+drain_once()
+{
+	local test=$1 r=$2 uidexpr=$3 n=$4 t_start t_commit t_done secs rate
+	pg -c "SELECT ordflow.truncate()" >/dev/null || die "truncate failed"
+	cpu_pids > "$WORK/cpu.pids"
+	read -r t_start t_commit < <(pg -F ' ' <<-EOF | tail -n1
+		SELECT extract(epoch FROM clock_timestamp()) AS t_start \gset
+		BEGIN;
+		SELECT count(ordflow.place_order($uidexpr, NULL, 'ABC', 1 + i % 10))
+		  FROM generate_series(1, $n) AS i;
+		COMMIT;
+		SELECT :t_start, extract(epoch FROM clock_timestamp());
+	EOF
+	)
+	[ -n "$t_commit" ] || die "placing $n orders failed"
+	cpu_snapshot "$WORK/cpu.before"
+	t_done=$(pg -c "SELECT public.bench_wait_processed($n, 600)") || die "$test: orders were not processed"
+	cpu_snapshot "$WORK/cpu.after"
+	secs=$(awk -v a="$t_commit" -v b="$t_done" 'BEGIN { printf "%.4f", b - a }')
+	rate=$(awk -v n="$n" -v s="$secs" 'BEGIN { printf "%.1f", n / s }')
+	record "$test" "$r" orders_per_s "$rate" orders/s
+	record "$test" "$r" seconds "$secs" s
+	record "$test" "$r" place_order_per_s \
+		"$(awk -v n="$n" -v a="$t_start" -v b="$t_commit" 'BEGIN { printf "%.1f", n / (b - a) }')" orders/s
+	cpu_report "$test" "$r" "$secs"
+	say "  $test, round $r: $n orders in $secs s = $rate orders/s"
+}
+
+purge_orders_queue()
+{
+	mqctl -q purge_queue ordflow.orders >/dev/null 2>&1 || true
+}
+# after a run that left a backlog: stop, empty everything, wait for calm
+reset_pipeline()
+{
+	local i q
+	pg -c "SELECT ordflow.stop()" -c "SELECT ordflow.truncate()" >/dev/null || die "reset failed"
+	purge_orders_queue
+	for ((i = 0; i < 100; i++)); do
+		q=$(mqctl -q list_queues name messages 2>/dev/null | awk '$1 == "ordflow.orders" { print $2 }')
+		[ "$q" = 0 ] && [ "$(pg -c 'SELECT count(*) FROM ordflow.outbox')" = 0 ] && break
+		purge_orders_queue
+		sleep 0.3
+	done
+	pg -c "SELECT ordflow.truncate()" >/dev/null
+}
+
+T_BEGIN=$(date +%s)
+step "1+2. raw broker pipe ($N_RAW messages) and ordflow drain ($N_DRAIN orders, 1 consumer), $RUNS round(s)"
+for ((r = 1; r <= RUNS; r++)); do
+	raw_once "$r"
+	drain_once drain_1c "$r" NULL "$N_DRAIN"
+	drain_once drain_1c_users "$r" "$MIN_UID + i % $N_USERS" "$N_DRAIN"
+done
+
+if [ -n "$PROFILE" ]; then
+	step "profile: one drain under perf record (relay and consumer)"
+	pg -c "SELECT ordflow.truncate()" >/dev/null
+	PIDS=$(pg -c "SELECT string_agg(pid::text, ',') FROM ordflow.status() WHERE worker IN ('relay', 'consumer 0')")
+	pg -c "SELECT count(ordflow.place_order(NULL, NULL, 'ABC', 1 + i % 10)) FROM generate_series(1, $N_DRAIN) i" >/dev/null
+	perf record -q -g -o "$WORK/perf.data" -p "$PIDS,$MQ_PID" -- sleep 600 >/dev/null 2>&1 &
+	PERF_PID=$!
+	pg -c "SELECT public.bench_wait_processed($N_DRAIN, 600)" >/dev/null
+	kill -INT "$PERF_PID"; wait "$PERF_PID"
+	for w in $(tr ',' ' ' <<< "$PIDS") "$MQ_PID"; do
+		perf report -i "$WORK/perf.data" --pid "$w" --no-children --sort symbol --stdio 2>/dev/null |
+			grep -v '^$' | head -n 80 > "$OUT/perf-$w.txt"
+	done
+	perf report -i "$WORK/perf.data" --no-children --sort pid --stdio 2>/dev/null | grep -v '^#' |
+		grep -v '^$' | head -n 20 > "$OUT/perf-by-process.txt"
+	say "  perf reports in $OUT/perf-*.txt"
+fi
+
+step "6. naive baseline: ordflow.batch_size = 1 ($N_NAIVE orders), $RUNS round(s)"
+set_guc ordflow.batch_size 1
+for ((r = 1; r <= RUNS; r++)); do
+	drain_once naive_batch1 "$r" NULL "$N_NAIVE"
+done
+set_guc ordflow.relay_batch_size 1
+drain_once naive_batch1_relay1 1 NULL "$N_NAIVE"
+pg -c "ALTER SYSTEM RESET ordflow.batch_size" -c "ALTER SYSTEM RESET ordflow.relay_batch_size" \
+	-c "SELECT pg_reload_conf()" >/dev/null
+sleep 1.5
+
+step "2b. ordflow drain with ordflow.consumers = 2, $RUNS round(s)"
+set_guc ordflow.consumers 2
+wait_consumers 2
+for ((r = 1; r <= RUNS; r++)); do
+	drain_once drain_2c "$r" NULL "$N_DRAIN"
+done
+pg -c "ALTER SYSTEM RESET ordflow.consumers" -c "SELECT pg_reload_conf()" >/dev/null
+wait_consumers 1
+
+step "3. sustained: generator at its top rate for $SUSTAIN_S s"
+pg -c "SELECT ordflow.truncate()" >/dev/null
+SEQ0=$(pg -c "SELECT last_value FROM ordflow.order_id_seq")
+echo "seconds,made,processed,backlog" > "$OUT/sustained.csv"
+T0=$(date +%s.%N)
+pg -c "SELECT ordflow.start(1000000)" >/dev/null
+for ((s = 1; s <= SUSTAIN_S; s++)); do
+	sleep "$(awk -v t0="$T0" -v s="$s" -v now="$(date +%s.%N)" 'BEGIN { d = t0 + s - now; print (d > 0 ? d : 0) }')"
+	read -r MADE PROC < <(pg -F ' ' -c "SELECT (SELECT last_value FROM ordflow.order_id_seq) - $SEQ0,
+	                                          (SELECT orders_processed FROM ordflow.metrics())")
+	T=$(awk -v t0="$T0" -v now="$(date +%s.%N)" 'BEGIN { printf "%.2f", now - t0 }')
+	echo "$T,$MADE,$PROC,$((MADE - PROC))" >> "$OUT/sustained.csv"
+done
+pg -c "SELECT ordflow.stop()" >/dev/null
+read -r OUTBOX INIT < <(pg -F ' ' -c "SELECT (SELECT count(*) FROM ordflow.outbox),
+                                             (SELECT count(*) FROM ordflow.orders WHERE status = 'initialised')")
+# rates over the whole window and backlog growth over its second half
+awk -F, -v run="$RUN_ID" -v outbox="$OUTBOX" -v init="$INIT" '
+	NR > 1 { t[++n] = $1; m[n] = $2; p[n] = $3; b[n] = $4 }
+	END {
+		h = int(n / 2); if (h < 1) h = 1
+		printf "%s,sustained,1,made_per_s,%.1f,orders/s\n", run, m[n] / t[n]
+		printf "%s,sustained,1,processed_per_s,%.1f,orders/s\n", run, p[n] / t[n]
+		printf "%s,sustained,1,processed_per_s_2nd_half,%.1f,orders/s\n", run, (p[n] - p[h]) / (t[n] - t[h])
+		printf "%s,sustained,1,backlog_growth_per_s_2nd_half,%.1f,orders/s\n", run, (b[n] - b[h]) / (t[n] - t[h])
+		printf "%s,sustained,1,backlog_end,%d,orders\n", run, b[n]
+		printf "%s,sustained,1,outbox_end,%d,rows\n", run, outbox
+		printf "%s,sustained,1,initialised_end,%d,orders\n", run, init
+	}' "$OUT/sustained.csv" >> "$WORK/results.tmp"
+say "  made $(median sustained made_per_s)/s, processed $(median sustained processed_per_s)/s, backlog at the end $(median sustained backlog_end) (outbox $OUTBOX, initialised $INIT)"
+reset_pipeline
+
+step "4. latency: generator at 1000 orders/s for $LATENCY_S s"
+pg -c "SELECT ordflow.truncate()" >/dev/null
+pg -c "SELECT ordflow.start(1000)" >/dev/null
+sleep "$LATENCY_S"
+pg -c "SELECT ordflow.stop()" >/dev/null
+MADE=$(pg -c "SELECT count(*) FROM ordflow.orders")
+pg -c "SELECT public.bench_wait_processed($MADE, 120)" >/dev/null || die "latency run: orders were not processed"
+pg -F ',' >> "$WORK/results.tmp" <<-EOF || die "latency query failed"
+	WITH m AS (SELECT * FROM ordflow.metrics()),
+	h AS (SELECT max(u.k) - 1 AS top  -- highest non-empty histogram bucket
+	        FROM ordflow.metrics_totals AS t,
+	             unnest(t.latency_hist) WITH ORDINALITY AS u(x, k)
+	       WHERE u.x > 0),
+	r AS (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
+	             percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99,
+	             max(ms) AS mx, count(*) AS n
+	        FROM (SELECT extract(epoch FROM processed_at - created_at) * 1000 AS ms
+	                FROM ordflow.orders WHERE processed_at IS NOT NULL) AS s)
+	SELECT '$RUN_ID', 'latency', 1, v.metric, round(v.value::numeric, 3), v.unit
+	  FROM m, h, r, LATERAL (VALUES
+	       ('orders', r.n::float8, 'orders'),
+	       ('rate', r.n::float8 / $LATENCY_S, 'orders/s'),
+	       ('metrics_p50_ms', m.latency_p50_ms, 'ms'),
+	       ('metrics_p99_ms', m.latency_p99_ms, 'ms'),
+	       ('metrics_max_bucket_upper_ms', 0.01 * power(2::float8, h.top / 8.0), 'ms'),
+	       ('table_p50_ms', r.p50, 'ms'),
+	       ('table_p99_ms', r.p99, 'ms'),
+	       ('table_max_ms', r.mx, 'ms')) AS v(metric, value, unit);
+EOF
+
+step "5. metrics() cost with 1k and with $N_BIG processed orders"
+pg -c "SELECT ordflow.truncate()" >/dev/null
+pg -c "SELECT count(ordflow.place_order(NULL, NULL, 'ABC', 1 + i % 10)) FROM generate_series(1, 1000) i" >/dev/null
+pg -c "SELECT public.bench_wait_processed(1000, 120)" >/dev/null || die "1000 orders were not processed"
+read -r MED P90 < <(pg -F ' ' -c "SELECT * FROM public.bench_metrics_cost(100)")
+record metrics_cost 1k median_ms "$MED" ms
+record metrics_cost 1k p90_ms "$P90" ms
+# 1M processed orders written directly (the pipeline would take minutes):
+# orders rows as the consumer writes them, plus the matching metrics rows,
+# spread over 7 days of minutes as continuous load would leave them.
+pg >/dev/null <<-EOF || die "filling $N_BIG processed orders failed"
+	INSERT INTO ordflow.orders (uid, symbol, quantity, status, execution_price,
+	                            created_at, processed_at, source)
+	SELECT NULL, 'ABC', 1 + i % 10, 'completed', 1.5 * (1 + i % 10),
+	       now() - interval '7 days' + i * interval '600 ms',
+	       now() - interval '7 days' + i * interval '600 ms' + interval '2 ms', 'sql'
+	  FROM generate_series(1, $N_BIG) AS i;
+	UPDATE ordflow.metrics_totals
+	   SET processed = processed + $N_BIG, completed = completed + $N_BIG,
+	       sum_price = sum_price + (SELECT sum(1.5 * (1 + i % 10)) FROM generate_series(1, $N_BIG) i),
+	       latency_hist[1 + 1 + floor(8 * log(2, 2 / 0.01))::int] =
+	         latency_hist[1 + 1 + floor(8 * log(2, 2 / 0.01))::int] + $N_BIG
+	 WHERE worker = 0;
+	INSERT INTO ordflow.metrics_minute (minute, worker, processed, completed, declined, sum_price, latency_hist)
+	SELECT date_trunc('minute', now()) - g * interval '1 minute', 0, 100, 100, 0, 825,
+	       array_fill(0::bigint, ARRAY[256])
+	  FROM generate_series(3, 7 * 24 * 60) AS g
+	ON CONFLICT DO NOTHING;
+	VACUUM ANALYZE ordflow.orders, ordflow.metrics_totals, ordflow.metrics_minute;
+EOF
+CHECK=$(pg -c "SELECT (SELECT orders_processed FROM ordflow.metrics()) =
+                      (SELECT count(*) FROM ordflow.orders WHERE processed_at IS NOT NULL)")
+[ "$CHECK" = t ] || say "  warning: metrics() does not match the orders table after the fill"
+read -r MED P90 < <(pg -F ' ' -c "SELECT * FROM public.bench_metrics_cost(100)")
+record metrics_cost 1M median_ms "$MED" ms
+record metrics_cost 1M p90_ms "$P90" ms
+T_END=$(date +%s)
+
+# ---------------------------------------------------------------------------
+# summary
+
+for t in raw_pipe:msgs_per_s drain_1c:orders_per_s drain_1c_users:orders_per_s drain_2c:orders_per_s \
+	naive_batch1:orders_per_s naive_batch1_relay1:orders_per_s \
+	drain_1c:cpu_relay drain_1c:cpu_consumer_0 drain_1c:cpu_rabbitmq drain_1c:cpu_other_postgres \
+	drain_2c:cpu_consumer_0 drain_2c:cpu_consumer_1; do
+	v=$(median "${t%%:*}" "${t#*:}")
+	[ -n "$v" ] && record "${t%%:*}" median "${t#*:}" "$v" "$(awk -F, -v t="${t%%:*}" -v m="${t#*:}" '$2 == t && $4 == m { print $6; exit }' "$WORK/results.tmp")"
+done
+
+RAW=$(median raw_pipe msgs_per_s)
+D1=$(median drain_1c orders_per_s)
+D1U=$(median drain_1c_users orders_per_s)
+D2=$(median drain_2c orders_per_s)
+NAIVE=$(median naive_batch1 orders_per_s)
+NAIVE_R=$(median naive_batch1_relay1 orders_per_s)
+S_MADE=$(median sustained made_per_s)
+S_PROC=$(median sustained processed_per_s)
+S_GROW=$(median sustained backlog_growth_per_s_2nd_half)
+S_BACK=$(median sustained backlog_end)
+L_MP50=$(median latency metrics_p50_ms)
+L_MP99=$(median latency metrics_p99_ms)
+L_MMAX=$(median latency metrics_max_bucket_upper_ms)
+L_TP50=$(median latency table_p50_ms)
+L_TP99=$(median latency table_p99_ms)
+L_TMAX=$(median latency table_max_ms)
+L_RATE=$(median latency rate)
+M1K=$(awk -F, '$2 == "metrics_cost" && $3 == "1k" && $4 == "median_ms" { print $5 }' "$WORK/results.tmp")
+M1M=$(awk -F, '$2 == "metrics_cost" && $3 == "1M" && $4 == "median_ms" { print $5 }' "$WORK/results.tmp")
+
+R21=$(ratio "$D1" "$RAW")
+R2U1=$(ratio "$D1U" "$RAW")
+R2C1=$(ratio "$D2" "$RAW")
+R31=$(ratio "$S_PROC" "$RAW")
+R62=$(ratio "$NAIVE" "$D1")
+R26=$(ratio "$D1" "$NAIVE")
+RM=$(ratio "$M1M" "$M1K")
+
+record ratio median drain_over_raw "$R21" x
+record ratio median drain_users_over_raw "$R2U1" x
+record ratio median drain_2c_over_raw "$R2C1" x
+record ratio median sustained_processed_over_raw "$R31" x
+record ratio median naive_over_drain "$R62" x
+record ratio median metrics_1M_over_1k "$RM" x
+
+{
+	echo "run_id,test,round,metric,value,unit"
+	cat "$WORK/results.tmp"
+} > "$RESULTS"
+
+verdict() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { if (v == "" || v == "-") { print "n/a"; exit }
+	ok = (op == ">=") ? (v + 0 >= t + 0) : (v + 0 <= t + 0); print ok ? "met" : "MISSED" }'; }
+
+cat <<EOF
+
+ordflow benchmark, $RUN_ID, $(nproc) cores, medians of $RUNS round(s)$([ -n "$QUICK" ] && echo ", --quick")
+(run took $((T_END - T_BEGIN)) s of measuring; synchronous_commit = on)
+
+  #   measure                                          value        unit
+  1   raw broker pipe ($N_RAW msgs)              $(printf '%12s' "$(fmt "$RAW")")   msg/s
+  2   ordflow drain, 1 consumer ($N_DRAIN)         $(printf '%12s' "$(fmt "$D1")")   orders/s
+  2u  ordflow drain, 1 consumer, users' orders    $(printf '%12s' "$(fmt "$D1U")")   orders/s
+  2c  ordflow drain, 2 consumers                  $(printf '%12s' "$(fmt "$D2")")   orders/s
+  3   sustained, generator made                   $(printf '%12s' "$(fmt "$S_MADE")")   orders/s
+  3   sustained, processed                        $(printf '%12s' "$(fmt "$S_PROC")")   orders/s
+  3   sustained, backlog growth (2nd half)        $(printf '%12s' "$(fmt "$S_GROW")")   orders/s
+  3   sustained, backlog at the end               $(printf '%12s' "$(fmt "$S_BACK")")   orders
+  4   latency at $(fmt "$L_RATE")/s, metrics() p50 / p99      $(printf '%12s' "$(fmt "$L_MP50" 1) / $(fmt "$L_MP99" 1)")   ms
+  4   latency, recomputed p50 / p99               $(printf '%12s' "$(fmt "$L_TP50" 1) / $(fmt "$L_TP99" 1)")   ms
+  4   latency max: histogram bucket / table       $(printf '%12s' "$(fmt "$L_MMAX" 1) / $(fmt "$L_TMAX" 1)")   ms
+  5   metrics() median, 1k processed              $(printf '%12s' "$(fmt "$M1K" 3)")   ms
+  5   metrics() median, 1M processed              $(printf '%12s' "$(fmt "$M1M" 3)")   ms
+  6   naive, batch_size = 1 ($N_NAIVE)              $(printf '%12s' "$(fmt "$NAIVE")")   orders/s
+  6b  naive, batch_size = relay_batch_size = 1    $(printf '%12s' "$(fmt "$NAIVE_R")")   orders/s
+
+ratios (same run)                              value    target
+  2/1  drain / raw pipe                       $(printf '%6s' "$R21")    >= 0.6  $(verdict "$R21" '>=' 0.6)
+  2u/1 drain (users) / raw pipe               $(printf '%6s' "$R2U1")
+  2c/1 drain (2 consumers) / raw pipe         $(printf '%6s' "$R2C1")
+  3/1  sustained processed / raw pipe         $(printf '%6s' "$R31")    >= 0.5  $(verdict "$R31" '>=' 0.5) (backlog bounded: $(awk -v g="$S_GROW" -v p="$S_PROC" 'BEGIN { print (g <= 0.05 * p) ? "yes" : "no, it grows" }'))
+  6/2  naive / drain                          $(printf '%6s' "$R62")    <= 0.1  $(verdict "$R62" '<=' 0.1) (drain is $(printf '%s' "$R26")x naive)
+  p99 latency at 1000/s (metrics())           $(printf '%6s' "$(fmt "$L_MP99" 1)")    <= 50   $(verdict "$L_MP99" '<=' 50)
+  metrics() 1k                                $(printf '%6s' "$(fmt "$M1K" 3)")    < 1 ms  $(verdict "$M1K" '<=' 1)
+  metrics() 1M                                $(printf '%6s' "$(fmt "$M1M" 3)")    < 1 ms  $(verdict "$M1M" '<=' 1)
+  metrics() 1M / 1k                           $(printf '%6s' "$RM")    <= 2    $(verdict "$RM" '<=' 2)
+
+CPU during the 1-consumer drain (share of one core, median):
+  relay $(fmt "$(median drain_1c cpu_relay)" 2), consumer $(fmt "$(median drain_1c cpu_consumer_0)" 2), RabbitMQ $(fmt "$(median drain_1c cpu_rabbitmq)" 2), other postgres $(fmt "$(median drain_1c cpu_other_postgres)" 2)
+
+figures: $RESULTS (one per line), $OUT/sustained.csv (one line a second)
+EOF
+exit 0
