@@ -7,6 +7,8 @@ OBJS = \
 	src/control.o \
 	src/order_message.o \
 	src/amqp_conn.o \
+	src/amqp_topology.o \
+	src/amqp_url.o \
 	src/supervisor.o \
 	src/generator.o \
 	src/relay.o \

@@ -81,84 +81,6 @@ of_amqp_sigterm(SIGNAL_ARGS)
 	die(postgres_signal_arg);
 }
 
-/* ---- URLs ---- */
-
-bool
-of_amqp_url_valid(const char *url, char *reason, size_t len)
-{
-	struct amqp_connection_info info;
-	char	   *copy;
-	bool		ok = true;
-
-	if (url == NULL || url[0] == '\0')
-	{
-		strlcpy(reason, "The URL is empty.", len);
-		return false;
-	}
-	if (strlen(url) > 1000)
-	{
-		strlcpy(reason, "The URL is longer than 1000 bytes.", len);
-		return false;
-	}
-	copy = strdup(url);
-	if (copy == NULL)
-	{
-		strlcpy(reason, "out of memory", len);
-		return false;
-	}
-	amqp_default_connection_info(&info);
-	if (amqp_parse_url(copy, &info) != AMQP_STATUS_OK)
-	{
-		strlcpy(reason, "It is not a valid amqp:// or amqps:// URL.", len);
-		ok = false;
-	}
-	else if (info.host == NULL || info.host[0] == '\0')
-	{
-		strlcpy(reason, "The URL names no host.", len);
-		ok = false;
-	}
-	else if (info.port <= 0 || info.port > 65535)
-	{
-		strlcpy(reason, "The port must be between 1 and 65535.", len);
-		ok = false;
-	}
-	free(copy);
-	return ok;
-}
-
-/* The URL with its password replaced by "***", palloc'd. */
-char *
-of_redact_url(const char *url)
-{
-	const char *scheme_end;
-	const char *at;
-	const char *colon;
-	const char *slash;
-	StringInfoData buf;
-
-	if (url == NULL)
-		return pstrdup("");
-	scheme_end = strstr(url, "://");
-	if (scheme_end == NULL)
-		return pstrdup("(unparsable URL)");
-	scheme_end += 3;
-	slash = strchr(scheme_end, '/');
-	at = NULL;
-	for (const char *p = scheme_end; *p && (slash == NULL || p < slash); p++)
-		if (*p == '@')
-			at = p;
-	if (at == NULL)
-		return pstrdup(url);
-	colon = memchr(scheme_end, ':', at - scheme_end);
-	if (colon == NULL)
-		return pstrdup(url);
-	initStringInfo(&buf);
-	appendBinaryStringInfo(&buf, url, colon - url + 1);
-	appendStringInfoString(&buf, "***");
-	appendStringInfoString(&buf, at);
-	return buf.data;
-}
-
 /* Everything a connection depends on; a change means reconnect. */
 static char *
 settings_signature(void)
@@ -198,126 +120,6 @@ of_amqp_fail(OfAmqp *a, const char *fmt,...)
 	a->connected = false;
 }
 
-static void
-reply_error(amqp_rpc_reply_t r, const char *what, char *buf, size_t len)
-{
-	switch (r.reply_type)
-	{
-		case AMQP_RESPONSE_NORMAL:
-			snprintf(buf, len, "%s: ok", what);
-			break;
-		case AMQP_RESPONSE_NONE:
-			snprintf(buf, len, "%s: missing RPC reply", what);
-			break;
-		case AMQP_RESPONSE_LIBRARY_EXCEPTION:
-			snprintf(buf, len, "%s: %s", what, amqp_error_string2(r.library_error));
-			break;
-		case AMQP_RESPONSE_SERVER_EXCEPTION:
-			if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD)
-			{
-				amqp_connection_close_t *m = r.reply.decoded;
-
-				snprintf(buf, len, "%s: broker closed the connection: %d %.*s", what,
-						 m->reply_code, (int) m->reply_text.len,
-						 (char *) m->reply_text.bytes);
-			}
-			else if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD)
-			{
-				amqp_channel_close_t *m = r.reply.decoded;
-
-				snprintf(buf, len, "%s: broker closed the channel: %d %.*s", what,
-						 m->reply_code, (int) m->reply_text.len,
-						 (char *) m->reply_text.bytes);
-			}
-			else
-				snprintf(buf, len, "%s: unexpected broker method 0x%08X", what, r.reply.id);
-			break;
-	}
-}
-
-static bool
-rpc_ok(OfAmqp *a, const char *what)
-{
-	amqp_rpc_reply_t r = amqp_get_rpc_reply(a->conn);
-
-	if (r.reply_type == AMQP_RESPONSE_NORMAL)
-		return true;
-	reply_error(r, what, a->error, sizeof(a->error));
-	return false;
-}
-
-/* ---- connecting ---- */
-
-static amqp_table_t
-queue_arguments(amqp_table_entry_t *entries, char *dlx)
-{
-	amqp_table_t t;
-
-	entries[0].key = amqp_cstring_bytes("x-dead-letter-exchange");
-	entries[0].value.kind = AMQP_FIELD_KIND_UTF8;
-	entries[0].value.value.bytes = amqp_cstring_bytes(dlx);
-	t.entries = entries;
-	t.num_entries = 1;
-	if (strcmp(ordflow_queue_type, "quorum") == 0)
-	{
-		entries[1].key = amqp_cstring_bytes("x-queue-type");
-		entries[1].value.kind = AMQP_FIELD_KIND_UTF8;
-		entries[1].value.value.bytes = amqp_cstring_bytes("quorum");
-		t.num_entries = 2;
-	}
-	return t;
-}
-
-/* Declare the contract's topology; idempotent. */
-static bool
-declare_topology(OfAmqp *a)
-{
-	amqp_connection_state_t c = a->conn;
-	char	   *dlx = psprintf("%s.dlx", ordflow_exchange);
-	char	   *dead = psprintf("%s.dead", ordflow_exchange);
-	amqp_table_entry_t entries[2];
-	amqp_table_t args;
-
-	amqp_exchange_declare(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(ordflow_exchange),
-						  amqp_cstring_bytes("topic"), 0, 1, 0, 0, amqp_empty_table);
-	if (!rpc_ok(a, "declaring the exchange"))
-		return false;
-	amqp_exchange_declare(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(dlx),
-						  amqp_cstring_bytes("topic"), 0, 1, 0, 0, amqp_empty_table);
-	if (!rpc_ok(a, "declaring the dead-letter exchange"))
-		return false;
-	amqp_queue_declare(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(dead), 0, 1, 0, 0,
-					   amqp_empty_table);
-	if (!rpc_ok(a, "declaring the dead-letter queue"))
-		return false;
-	amqp_queue_bind(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(dead), amqp_cstring_bytes(dlx),
-					amqp_cstring_bytes("#"), amqp_empty_table);
-	if (!rpc_ok(a, "binding the dead-letter queue"))
-		return false;
-
-	args = queue_arguments(entries, dlx);
-	amqp_queue_declare(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(ordflow_orders_queue),
-					   0, 1, 0, 0, args);
-	if (!rpc_ok(a, "declaring the orders queue"))
-		return false;
-	amqp_queue_bind(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(ordflow_orders_queue),
-					amqp_cstring_bytes(ordflow_exchange), amqp_cstring_bytes("order.#"),
-					amqp_empty_table);
-	if (!rpc_ok(a, "binding the orders queue"))
-		return false;
-	amqp_queue_declare(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(ordflow_user_events_queue),
-					   0, 1, 0, 0, args);
-	if (!rpc_ok(a, "declaring the user events queue"))
-		return false;
-	amqp_queue_bind(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(ordflow_user_events_queue),
-					amqp_cstring_bytes(ordflow_exchange), amqp_cstring_bytes("user.#"),
-					amqp_empty_table);
-	if (!rpc_ok(a, "binding the user events queue"))
-		return false;
-	pfree(dlx);
-	pfree(dead);
-	return true;
-}
 
 static bool
 open_connection(OfAmqp *a, bool confirms)
@@ -425,20 +227,20 @@ open_connection(OfAmqp *a, bool confirms)
 	pfree(url);
 	if (r.reply_type != AMQP_RESPONSE_NORMAL)
 	{
-		reply_error(r, "login", a->error, sizeof(a->error));
+		of_amqp_reply_error(r, "login", a->error, sizeof(a->error));
 		a->connected = false;
 		return false;
 	}
 
 	amqp_channel_open(a->conn, OF_AMQP_CHANNEL);
-	if (!rpc_ok(a, "opening a channel"))
+	if (!of_amqp_rpc_ok(a, "opening a channel"))
 		return false;
-	if (!declare_topology(a))
+	if (!of_amqp_declare_topology(a))
 		return false;
 	if (confirms)
 	{
 		amqp_confirm_select(a->conn, OF_AMQP_CHANNEL);
-		if (!rpc_ok(a, "enabling publisher confirms"))
+		if (!of_amqp_rpc_ok(a, "enabling publisher confirms"))
 			return false;
 		a->confirms = true;
 		a->next_tag = 1;

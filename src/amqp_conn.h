@@ -48,6 +48,10 @@ typedef enum OfWait
 extern bool of_amqp_url_valid(const char *url, char *reason, size_t len);
 extern char *of_redact_url(const char *url);
 
+extern void of_amqp_reply_error(amqp_rpc_reply_t r, const char *what, char *buf, size_t len);
+extern bool of_amqp_rpc_ok(OfAmqp *a, const char *what);
+extern bool of_amqp_declare_topology(OfAmqp *a);
+
 extern bool of_amqp_ensure_connected(OfAmqp *a, bool confirms, long *wait_ms);
 extern void of_amqp_disconnect(OfAmqp *a, bool graceful);
 extern void of_amqp_fail(OfAmqp *a, const char *fmt,...) pg_attribute_printf(2, 3);
