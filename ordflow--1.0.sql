@@ -448,13 +448,20 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'The amount must be greater than 0 and at most 1e15.';
 	END IF;
+	-- The consumer reads at most 63 characters of amount text: refuse here
+	-- what it would dead-letter (e.g. 1e-100 or 5.000... written in full).
+	IF char_length(place_order.amount::text) > 63 THEN
+		RAISE EXCEPTION 'invalid amount: % has more than 63 characters', ordflow._brief(place_order.amount::text)
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Round the amount: it is published as a JSON number of at most 63 characters.';
+	END IF;
 	IF place_order.quantity < 1 THEN
 		RAISE EXCEPTION 'invalid quantity: %', place_order.quantity
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'The quantity must be at least 1.';
 	END IF;
 	IF char_length(place_order.symbol) NOT BETWEEN 1 AND 12 THEN
-		RAISE EXCEPTION 'invalid symbol: %', pg_catalog.to_json(place_order.symbol)
+		RAISE EXCEPTION 'invalid symbol: %', ordflow._brief(pg_catalog.to_json(place_order.symbol)::text)
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'The symbol must have 1 to 12 characters.';
 	END IF;
@@ -851,7 +858,7 @@ BEGIN
 		WHEN 'D' THEN '{type,condition}'::text[]
 	END;
 	IF allowed IS NULL THEN
-		RAISE EXCEPTION 'unknown event type %', to_json(event ->> 'type')::text
+		RAISE EXCEPTION 'unknown event type %', ordflow._brief(to_json(event ->> 'type')::text)
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'The type is C (create), R (read), U (update) or D (delete).';
 	END IF;

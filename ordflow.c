@@ -17,6 +17,7 @@
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
 #include "storage/ipc.h"
+#include "tcop/tcopprot.h"
 #include "storage/shmem.h"
 #include <limits.h>
 #include "utils/guc.h"
@@ -50,6 +51,7 @@ bool		ordflow_amqp_tls_verify = true;
 int			ordflow_event_retention = 7 * 24 * 60;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static emit_log_hook_type prev_emit_log_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 /*
@@ -195,6 +197,32 @@ define_settings(void)
 	MarkGUCPrefixReserved("ordflow");
 }
 
+/*
+ * PostgreSQL logs setting values itself ("parameter ... changed to ...") and
+ * the statement of a failed ALTER SYSTEM: keep the broker password out of
+ * both.  Runs in every process, the postmaster included.
+ */
+static void
+ordflow_emit_log(ErrorData *edata)
+{
+	char	   *redacted;
+
+	redacted = of_redact_urls_in_text(edata->message);
+	if (redacted)
+		edata->message = redacted;
+	redacted = of_redact_urls_in_text(edata->detail);
+	if (redacted)
+		edata->detail = redacted;
+	if (debug_query_string != NULL && strstr(debug_query_string, "amqp") != NULL &&
+		(redacted = of_redact_urls_in_text(debug_query_string)) != NULL)
+	{
+		edata->hide_stmt = true;
+		pfree(redacted);
+	}
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
 static void
 ordflow_shmem_request(void)
 {
@@ -223,6 +251,9 @@ _PG_init(void)
 				 errhint("Add ordflow to shared_preload_libraries in postgresql.conf and restart the server.")));
 
 	define_settings();
+
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = ordflow_emit_log;
 
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = ordflow_shmem_request;

@@ -61,10 +61,12 @@ ensure_packages()
 
 # run a command as the postgres user, with the PostgreSQL binaries first in
 # PATH, from / (the caller's folder may be closed to postgres, and psql
-# would warn about it on every call)
+# would warn about it on every call), in a UTF-8 locale (a fresh machine
+# may have no LANG at all, and initdb would then make SQL_ASCII clusters)
 as_pg()
 {
-	(cd / && runuser -u postgres -- env PATH="$PG_BINDIR:/usr/local/bin:/usr/bin:/bin" "$@")
+	(cd / && runuser -u postgres -- env -u LANGUAGE LANG=C.UTF-8 LC_ALL=C.UTF-8 \
+		PATH="$PG_BINDIR:/usr/local/bin:/usr/bin:/bin" "$@")
 }
 
 # copy a source tree without VCS data, build products or runtime state

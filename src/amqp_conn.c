@@ -249,6 +249,7 @@ open_connection(OfAmqp *a, bool confirms)
 	}
 	a->connected = true;
 	a->blocked = false;
+	a->generation++;
 	return true;
 }
 

@@ -28,6 +28,7 @@ typedef struct OfAmqp
 	uint64		acked_upto;		/* every tag <= this was confirmed */
 	bool		nacked;			/* the broker refused a publish */
 	char	   *signature;		/* settings the connection was made with */
+	uint64		generation;		/* bumped by every new connection */
 	/* reconnecting */
 	int			backoff_ms;
 	TimestampTz next_attempt;
@@ -47,6 +48,7 @@ typedef enum OfWait
 
 extern bool of_amqp_url_valid(const char *url, char *reason, size_t len);
 extern char *of_redact_url(const char *url);
+extern char *of_redact_urls_in_text(const char *text);
 
 extern void of_amqp_reply_error(amqp_rpc_reply_t r, const char *what, char *buf, size_t len);
 extern bool of_amqp_rpc_ok(OfAmqp *a, const char *what);

@@ -90,3 +90,69 @@ of_redact_url(const char *url)
 	return buf.data;
 }
 
+
+/*
+ * Every amqp:// or amqps:// URL in a text with its password replaced by
+ * "***"; NULL when there was nothing to hide.  For log messages, which
+ * PostgreSQL itself writes with setting values ("parameter ... changed to").
+ */
+char *
+of_redact_urls_in_text(const char *text)
+{
+	StringInfoData buf;
+	const char *p = text;
+	bool		changed = false;
+
+	if (text == NULL || strstr(text, "amqp") == NULL)
+		return NULL;
+	initStringInfo(&buf);
+	while (*p)
+	{
+		const char *scheme = strstr(p, "amqp");
+		const char *auth;
+		const char *q;
+		const char *colon = NULL;
+		const char *at = NULL;
+
+		if (scheme == NULL)
+			break;
+		auth = NULL;
+		if (strncmp(scheme, "amqp://", 7) == 0)
+			auth = scheme + 7;
+		else if (strncmp(scheme, "amqps://", 8) == 0)
+			auth = scheme + 8;
+		if (auth == NULL)
+		{
+			appendBinaryStringInfo(&buf, p, scheme - p + 4);
+			p = scheme + 4;
+			continue;
+		}
+		/* the authority ends at '/', whitespace or a quote */
+		for (q = auth; *q && *q != '/' && *q != ' ' && *q != '\'' && *q != '"' && *q != '\n'; q++)
+		{
+			if (*q == ':' && colon == NULL)
+				colon = q;
+			if (*q == '@')
+				at = q;
+		}
+		if (colon != NULL && at != NULL && colon < at)
+		{
+			appendBinaryStringInfo(&buf, p, colon + 1 - p);
+			appendStringInfoString(&buf, "***");
+			p = at;
+			changed = true;
+		}
+		else
+		{
+			appendBinaryStringInfo(&buf, p, q - p);
+			p = q;
+		}
+	}
+	appendStringInfoString(&buf, p);
+	if (!changed)
+	{
+		pfree(buf.data);
+		return NULL;
+	}
+	return buf.data;
+}

@@ -290,7 +290,7 @@ ordflow_consumer_main(Datum main_arg)
 	int			index = slotno - OF_SLOT_CONSUMER0;
 	OfWorkerSlot *slot;
 	OfAmqp		a;
-	bool		consuming = false;
+	uint64		consuming_on = 0;	/* connection generation we subscribed on */
 	MemoryContext batch_cxt;
 	OfMessage  *msgs = NULL;
 	int			msgs_cap = 0;
@@ -318,21 +318,21 @@ ordflow_consumer_main(Datum main_arg)
 
 		if (!of_amqp_ensure_connected(&a, false, &wait_ms))
 		{
-			consuming = false;
 			of_slot_set_connected(slot, false);
 			of_slot_set_error(slot, a.error);
 			of_slot_set_state(slot, "waiting to reconnect to the broker");
 			of_worker_wait(wait_ms);
 			continue;
 		}
-		if (!consuming)
+		/* Every new connection, including one after a reload, subscribes again. */
+		if (consuming_on != a.generation)
 		{
 			if (!start_consuming(&a))
 			{
 				of_slot_set_error(slot, a.error);
 				continue;
 			}
-			consuming = true;
+			consuming_on = a.generation;
 		}
 		of_slot_set_connected(slot, true);
 
@@ -350,10 +350,7 @@ ordflow_consumer_main(Datum main_arg)
 		n = collect_batch(&a, msgs, msgs_cap, idle_ms);
 		MemoryContextSwitchTo(oldcxt);
 		if (n < 0)
-		{
-			consuming = false;
 			continue;			/* reconnect; unacked messages come back */
-		}
 		if (n == 0)
 			continue;
 

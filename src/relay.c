@@ -123,19 +123,31 @@ publish_batch(OfAmqp *a, OfWorkerSlot *slot, bool *missing)
 	/* Wait for the confirms of everything we sent. */
 	last_tag = a->next_tag - 1;
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), RELAY_CONFIRM_TIMEOUT_MS);
-	of_slot_set_state(slot, "waiting for confirms");
 	while (a->connected && !a->nacked && a->acked_upto < last_tag)
 	{
 		amqp_frame_t frame;
 		long		remaining = (long) ((deadline - GetCurrentTimestamp()) / 1000);
 		OfWait		w;
 
-		if (remaining <= 0)
+		if (a->blocked)
+		{
+			/*
+			 * A resource alarm holds confirms back for as long as it lasts;
+			 * that is not a broken connection.  Wait for connection.unblocked
+			 * (SIGTERM still gets us out at once).
+			 */
+			of_slot_set_state(slot, "blocked by the broker (resource alarm)");
+			deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), RELAY_CONFIRM_TIMEOUT_MS);
+			remaining = RELAY_CONFIRM_TIMEOUT_MS;
+		}
+		else if (remaining <= 0)
 		{
 			of_amqp_fail(a, "the broker did not confirm %llu messages within %d s",
 						 (unsigned long long) n, RELAY_CONFIRM_TIMEOUT_MS / 1000);
 			break;
 		}
+		else
+			of_slot_set_state(slot, "waiting for confirms");
 		w = of_amqp_next_frame(a, &frame, remaining);
 		if (w == OF_WAIT_LATCH)
 			CHECK_FOR_INTERRUPTS();
