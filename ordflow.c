@@ -37,9 +37,10 @@ char	   *ordflow_user_events_queue = NULL;
 char	   *ordflow_queue_type = NULL;
 double		ordflow_generator_rate = 0.5;
 int			ordflow_consumers = 1;
-int			ordflow_batch_size = 500;
-int			ordflow_relay_batch_size = 1000;
-int			ordflow_prefetch = 2000;
+int			ordflow_batch_size = 1000;
+int			ordflow_relay_batch_size = 5000;
+int			ordflow_prefetch = 5000;
+int			ordflow_generator_max_backlog = 100000;
 int			ordflow_batch_wait_ms = 5;
 int			ordflow_heartbeat = 30;
 double		ordflow_price_factor_min = 1.1;
@@ -142,18 +143,23 @@ define_settings(void)
 							"Number of consumer workers.",
 							NULL, &ordflow_consumers, 1, 0, OF_MAX_CONSUMERS,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.generator_max_backlog",
+							"Generated orders that may wait unprocessed before the generator pauses.",
+							"Back-pressure: the generator never outruns the pipeline by more than this. 0 means no limit.",
+							&ordflow_generator_max_backlog, 100000, 0, INT_MAX,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("ordflow.batch_size",
 							"Maximum messages a consumer processes in one transaction.",
 							"1 processes every message in its own transaction (the naive mode).",
-							&ordflow_batch_size, 500, 1, 10000,
+							&ordflow_batch_size, 1000, 1, 10000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("ordflow.relay_batch_size",
 							"Maximum outbox rows the relay publishes in one transaction.",
-							NULL, &ordflow_relay_batch_size, 1000, 1, 10000,
+							NULL, &ordflow_relay_batch_size, 5000, 1, 10000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("ordflow.prefetch",
 							"basic.qos prefetch count of each consumer.",
-							NULL, &ordflow_prefetch, 2000, 1, 65535,
+							NULL, &ordflow_prefetch, 5000, 1, 65535,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("ordflow.batch_wait_ms",
 							"How long a consumer waits for more messages to fill a batch.",
@@ -202,6 +208,17 @@ define_settings(void)
  * the statement of a failed ALTER SYSTEM: keep the broker password out of
  * both.  Runs in every process, the postmaster included.
  */
+static bool
+pg_strcasestr_ascii(const char *haystack, const char *needle)
+{
+	size_t		n = strlen(needle);
+
+	for (const char *p = haystack; *p; p++)
+		if (pg_strncasecmp(p, needle, n) == 0)
+			return true;
+	return false;
+}
+
 static void
 ordflow_emit_log(ErrorData *edata)
 {
@@ -213,12 +230,11 @@ ordflow_emit_log(ErrorData *edata)
 	redacted = of_redact_urls_in_text(edata->detail);
 	if (redacted)
 		edata->detail = redacted;
-	if (debug_query_string != NULL && strstr(debug_query_string, "amqp") != NULL &&
-		(redacted = of_redact_urls_in_text(debug_query_string)) != NULL)
-	{
+	/* A statement naming the setting or holding a URL with a password. */
+	if (debug_query_string != NULL &&
+		(pg_strcasestr_ascii(debug_query_string, "amqp_url") ||
+		 (redacted = of_redact_urls_in_text(debug_query_string)) != NULL))
 		edata->hide_stmt = true;
-		pfree(redacted);
-	}
 	if (prev_emit_log_hook)
 		prev_emit_log_hook(edata);
 }

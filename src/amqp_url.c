@@ -92,9 +92,9 @@ of_redact_url(const char *url)
 
 
 /*
- * Every amqp:// or amqps:// URL in a text with its password replaced by
- * "***"; NULL when there was nothing to hide.  For log messages, which
- * PostgreSQL itself writes with setting values ("parameter ... changed to").
+ * Every URL in a text with its password replaced by "***"; NULL when there
+ * was nothing to hide.  For log messages, which PostgreSQL itself writes
+ * with setting values ("parameter ... changed to ...").
  */
 char *
 of_redact_urls_in_text(const char *text)
@@ -103,30 +103,20 @@ of_redact_urls_in_text(const char *text)
 	const char *p = text;
 	bool		changed = false;
 
-	if (text == NULL || strstr(text, "amqp") == NULL)
+	if (text == NULL || strstr(text, "://") == NULL)
 		return NULL;
 	initStringInfo(&buf);
 	while (*p)
 	{
-		const char *scheme = strstr(p, "amqp");
+		const char *sep = strstr(p, "://");
 		const char *auth;
 		const char *q;
 		const char *colon = NULL;
 		const char *at = NULL;
 
-		if (scheme == NULL)
+		if (sep == NULL)
 			break;
-		auth = NULL;
-		if (strncmp(scheme, "amqp://", 7) == 0)
-			auth = scheme + 7;
-		else if (strncmp(scheme, "amqps://", 8) == 0)
-			auth = scheme + 8;
-		if (auth == NULL)
-		{
-			appendBinaryStringInfo(&buf, p, scheme - p + 4);
-			p = scheme + 4;
-			continue;
-		}
+		auth = sep + 3;
 		/* the authority ends at '/', whitespace or a quote */
 		for (q = auth; *q && *q != '/' && *q != ' ' && *q != '\'' && *q != '"' && *q != '\n'; q++)
 		{

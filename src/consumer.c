@@ -374,6 +374,9 @@ ordflow_consumer_main(Datum main_arg)
 		send_replies(&a, msgs, n);
 		if (of_amqp_ack(&a, msgs[n - 1].delivery_tag))
 			of_slot_add_processed(slot, n);
+		SpinLockAcquire(&OfState->mutex);
+		OfState->orders_processed += stats.completed + stats.declined;
+		SpinLockRelease(&OfState->mutex);
 		if (stats.stale > 0)
 			ereport(LOG,
 					(errmsg("ordflow: dropped %d message(s) of orders removed by ordflow.truncate()",

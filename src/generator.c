@@ -148,6 +148,29 @@ make_orders(int n)
 		elog(ERROR, "could not insert generated orders");
 }
 
+/*
+ * Back-pressure: pause while more than ordflow.generator_max_backlog of the
+ * orders made are still unprocessed, so a rate the pipeline cannot follow
+ * never grows the backlog without bound.
+ */
+static bool
+throttled(OfWorkerSlot *slot)
+{
+	uint64		made;
+	uint64		done;
+
+	if (ordflow_generator_max_backlog <= 0)
+		return false;
+	SpinLockAcquire(&OfState->mutex);
+	made = OfState->orders_generated;
+	done = OfState->orders_processed;
+	SpinLockRelease(&OfState->mutex);
+	if (made <= done || made - done <= (uint64) ordflow_generator_max_backlog)
+		return false;
+	of_slot_set_state(slot, "paused: backlog above ordflow.generator_max_backlog");
+	return true;
+}
+
 /* One transaction making n orders; false if it failed (already logged). */
 static bool
 generate(OfWorkerSlot *slot, MemoryContext cxt, int n, bool *missing)
@@ -210,8 +233,16 @@ ordflow_generator_main(Datum main_arg)
 		version = OfState->gen_version;
 		SpinLockRelease(&OfState->mutex);
 
-		if (!running)
+		if (!running || throttled(slot))
 		{
+			if (running)
+			{
+				/* back-pressure: wait for the pipeline, keep no burst */
+				tokens = 0.0;
+				last_refill = 0;
+				of_worker_wait(GEN_MIN_TICK_MS * 5);
+				continue;
+			}
 			of_slot_set_state(slot, "stopped");
 			tokens = 0.0;
 			last_refill = 0;
@@ -253,6 +284,9 @@ ordflow_generator_main(Datum main_arg)
 			{
 				tokens -= n;
 				of_slot_add_processed(slot, n);
+				SpinLockAcquire(&OfState->mutex);
+				OfState->orders_generated += n;
+				SpinLockRelease(&OfState->mutex);
 				of_wake_slot(OF_SLOT_RELAY);
 			}
 		}
@@ -261,7 +295,7 @@ ordflow_generator_main(Datum main_arg)
 		if (tokens >= 1.0)
 			wait_ms = GEN_MIN_TICK_MS;
 		else
-			wait_ms = (long) ((1.0 - tokens) * 1000.0 / rate) + 1;
+			wait_ms = (long) Min((1.0 - tokens) * 1000.0 / rate + 1.0, 10000.0);
 		of_worker_wait(Max(wait_ms, GEN_MIN_TICK_MS));
 	}
 }

@@ -70,7 +70,7 @@ static const char *plan_sql[NUM_PLANS] = {
 	" SELECT order_id, uid, 'initialised', created_at, amount FROM ins",
 
 	/* PLAN_LOCK_ORDERS */
-	"SELECT order_id, uid, symbol, quantity, amount, status::pg_catalog.text, created_at"
+	"SELECT order_id, uid, symbol, quantity, amount, status::pg_catalog.text, created_at, ctid"
 	"  FROM ordflow.orders WHERE order_id = ANY ($1::pg_catalog.int8[])"
 	" ORDER BY order_id FOR UPDATE",
 
@@ -81,12 +81,13 @@ static const char *plan_sql[NUM_PLANS] = {
 	/* PLAN_APPLY */
 	"WITH v AS ("
 	"  SELECT * FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[],"
-	"         $3::pg_catalog.numeric[], $4::pg_catalog.text[], $5::pg_catalog.int8[], $6::pg_catalog.numeric[])"
-	"         AS v(order_id, status, price, notes, uid, event_amount)),"
+	"         $3::pg_catalog.numeric[], $4::pg_catalog.text[], $5::pg_catalog.int8[], $6::pg_catalog.numeric[],"
+	"         $10::pg_catalog.tid[])"
+	"         AS v(order_id, status, price, notes, uid, event_amount, tid)),"
 	" upd AS ("
 	"  UPDATE ordflow.orders o SET status = v.status::ordflow.order_status, execution_price = v.price,"
 	"         notes = v.notes, processed_at = $7"
-	"    FROM v WHERE o.order_id = v.order_id),"
+	"    FROM v WHERE o.ctid = v.tid),"	/* rows we hold locked: a TID scan, whatever the statistics say */
 	" ev AS ("
 	"  INSERT INTO ordflow.order_events (order_id, uid, status, event_time, amount, notes)"
 	"  SELECT v.order_id, v.uid, v.status::ordflow.order_status, $7, v.event_amount, v.notes FROM v)"
@@ -121,13 +122,13 @@ static const char *plan_sql[NUM_PLANS] = {
 	"                                WITH ORDINALITY AS h(a, b, i) ORDER BY h.i)"
 };
 
-static const int plan_nargs[NUM_PLANS] = {6, 1, 1, 9, 7};
-static const Oid plan_types[NUM_PLANS][9] = {
+static const int plan_nargs[NUM_PLANS] = {6, 1, 1, 10, 7};
+static const Oid plan_types[NUM_PLANS][10] = {
 	{INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, NUMERICARRAYOID_, TIMESTAMPTZARRAYOID_},
 	{INT8ARRAYOID},
 	{INT8ARRAYOID},
 	{INT8ARRAYOID, TEXTARRAYOID, NUMERICARRAYOID_, TEXTARRAYOID, INT8ARRAYOID, NUMERICARRAYOID_,
-	TIMESTAMPTZOID, INT8ARRAYOID, NUMERICARRAYOID_},
+	TIMESTAMPTZOID, INT8ARRAYOID, NUMERICARRAYOID_, TIDARRAYOID_},
 	{INT4OID, INT8OID, INT8OID, INT8OID, NUMERICOID, INT8ARRAYOID, TIMESTAMPTZOID}
 };
 
@@ -163,6 +164,7 @@ typedef struct Slot
 	/* from the locked row */
 	bool		found;
 	TimestampTz created_at;
+	ItemPointerData tid;
 	Datum		price;
 	bool		has_price;
 } Slot;
@@ -321,8 +323,8 @@ process_orders(void *arg)
 	Slot	  **todo = palloc(sizeof(Slot *) * n);
 	int			ntodo = 0;
 	ArrBuild	ids;
-	Datum		values[9];
-	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		values[10];
+	char		nulls[10] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	SPITupleTable *rows;
 	uint64		nrows;
 	int64		taken_id;
@@ -338,6 +340,7 @@ process_orders(void *arg)
 				a_notes,
 				a_uid,
 				a_evamt,
+				a_tid,
 				u_id,
 				u_bal;
 
@@ -408,6 +411,7 @@ process_orders(void *arg)
 		s->found = true;
 		taken_id = o->order_id;
 		s->created_at = DatumGetTimestampTz(SPI_getbinval(tup, rows->tupdesc, 7, &isnull));
+		ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(tup, rows->tupdesc, 8, &isnull)), &s->tid);
 		todo[ntodo++] = s;
 	}
 	if (ntodo == 0)
@@ -473,6 +477,7 @@ process_orders(void *arg)
 	arr_init(&a_notes, ntodo);
 	arr_init(&a_uid, ntodo);
 	arr_init(&a_evamt, ntodo);
+	arr_init(&a_tid, ntodo);
 	for (int i = 0; i < ntodo; i++)
 	{
 		OfMessage  *m = todo[i]->m;
@@ -505,6 +510,7 @@ process_orders(void *arg)
 		}
 
 		arr_add(&a_id, Int64GetDatum(o->order_id), false);
+		arr_add(&a_tid, PointerGetDatum(&todo[i]->tid), false);
 		arr_add(&a_status, CStringGetTextDatum(status), false);
 		arr_add(&a_notes, notes ? CStringGetTextDatum(notes) : 0, notes == NULL);
 		arr_add(&a_uid, Int64GetDatum(o->uid), !o->has_uid);
@@ -546,6 +552,7 @@ process_orders(void *arg)
 	values[6] = TimestampTzGetDatum(w->processed_at);
 	values[7] = arr_make(&u_id, INT8OID);
 	values[8] = arr_make(&u_bal, NUMERICOID);
+	values[9] = arr_make(&a_tid, TIDOID);
 	run_plan(PLAN_APPLY, values, nulls, SPI_OK_UPDATE);
 
 	/* 7. Metrics, in the same transaction. */

@@ -27,6 +27,7 @@ extern int	ordflow_consumers;
 extern int	ordflow_batch_size;
 extern int	ordflow_relay_batch_size;
 extern int	ordflow_prefetch;
+extern int	ordflow_generator_max_backlog;
 extern int	ordflow_batch_wait_ms;
 extern int	ordflow_heartbeat;
 extern double ordflow_price_factor_min;
@@ -83,6 +84,8 @@ typedef struct OfShared
 	double		gen_rate;		/* orders per second; <= 0 means use the GUC */
 	uint32		gen_version;	/* bumped on every change, so the generator resets its bucket */
 	uint32		truncate_version;	/* bumped by truncate(), so workers drop caches */
+	uint64		orders_generated;	/* by the generator, since shared memory was made */
+	uint64		orders_processed;	/* by all consumers, idem */
 	OfWorkerSlot slots[OF_NUM_SLOTS];
 } OfShared;
 

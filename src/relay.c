@@ -230,8 +230,12 @@ ordflow_relay_main(Datum main_arg)
 			of_amqp_disconnect(&a, true);
 			proc_exit(0);
 		}
-		if (n > 0 && n >= ordflow_relay_batch_size)
-			continue;			/* more is waiting */
+		/*
+		 * After a batch, look again at once: more may wait, and a commit's
+		 * wake-up may have been consumed while we waited for confirms.
+		 */
+		if (n > 0)
+			continue;
 		if (n < 0)
 		{
 			of_worker_wait(100);

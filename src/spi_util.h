@@ -14,6 +14,7 @@
 
 #define NUMERICARRAYOID_ 1231	/* numeric[] */
 #define TIMESTAMPTZARRAYOID_ 1185	/* timestamptz[] */
+#define TIDARRAYOID_ 1010			/* tid[] */
 
 /* A one-dimensional array parameter under construction. */
 typedef struct ArrBuild
