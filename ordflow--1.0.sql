@@ -296,37 +296,8 @@ REVOKE ALL ON FUNCTION ordflow._truncated() FROM PUBLIC;
 -- Bucket 0 stands for 0.005 ms; bucket i >= 1 for 0.01 * 2^((i - 0.5) / 8) ms.
 CREATE FUNCTION ordflow._latency_percentile(hist bigint[], p double precision)
 RETURNS double precision
-LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	bucket int;
-BEGIN
-	IF p = 'NaN'::float8 OR p < 0 OR p > 1 THEN
-		RAISE EXCEPTION 'percentile must be between 0 and 1, got %', p
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-
-	-- numeric keeps ceil(0.99 * 100) at 99 instead of a float rounding artefact;
-	-- greatest(1, ...) makes p = 0 the first non-empty bucket.
-	SELECT s.k - 1 INTO bucket
-	  FROM (SELECT u.k,
-				   sum(coalesce(u.x, 0)) OVER (ORDER BY u.k) AS cum,
-				   sum(coalesce(u.x, 0)) OVER () AS total
-			  FROM unnest(hist) WITH ORDINALITY AS u(x, k)) AS s
-	 WHERE s.total > 0
-	   AND s.cum >= greatest(1, ceil(p::numeric * s.total))
-	 ORDER BY s.k
-	 LIMIT 1;
-
-	IF bucket IS NULL THEN
-		RETURN NULL;
-	ELSIF bucket = 0 THEN
-		RETURN 0.005;
-	END IF;
-	RETURN 0.01 * power(2::float8, (bucket - 0.5) / 8);
-END
-$$;
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'ordflow_latency_percentile';
 
 -- Reads a handful of rows (one per consumer, plus the last two minutes), so
 -- it answers in constant time whatever the number of orders.

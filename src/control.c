@@ -12,6 +12,8 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
 #include "access/xact.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -117,6 +119,13 @@ ordflow_apply_generator_state(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("running must not be null")));
+	if (!PG_ARGISNULL(1) &&
+		(isnan(PG_GETARG_FLOAT8(1)) || PG_GETARG_FLOAT8(1) < 0 ||
+		 PG_GETARG_FLOAT8(1) > OF_MAX_GENERATOR_RATE))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("generator rate must be between 0 and %g orders per second",
+						OF_MAX_GENERATOR_RATE)));
 	register_callbacks();
 	if (n_pending_gen == MAX_PENDING)
 	{

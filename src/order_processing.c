@@ -44,8 +44,6 @@
 #include "spi_util.h"
 
 
-#define OF_HIST_BUCKETS 256
-
 typedef enum PlanId
 {
 	PLAN_INSERT_EXTERNAL,
@@ -249,17 +247,6 @@ price_of(OfOrderMsg *o)
 								DirectFunctionCall1(int4_numeric, Int32GetDatum(o->quantity)),
 								DirectFunctionCall1(float8_numeric, Float8GetDatum(factor)));
 	return DirectFunctionCall2(numeric_round, price, Int32GetDatum(4));
-}
-
-static int
-latency_bucket(double ms)
-{
-	int			i;
-
-	if (!(ms >= 0.01))
-		return 0;
-	i = 1 + (int) floor(8.0 * log2(ms / 0.01));
-	return Min(Max(i, 1), OF_HIST_BUCKETS - 1);
 }
 
 static void
@@ -530,7 +517,7 @@ process_orders(void *arg)
 			w->declined++;
 		}
 		ms = (double) (w->processed_at - todo[i]->created_at) / 1000.0;
-		w->hist[latency_bucket(ms)]++;
+		w->hist[of_latency_bucket(ms)]++;
 	}
 
 	/* 6. Write back. */

@@ -103,6 +103,10 @@ extern void of_slot_set_error(OfWorkerSlot *slot, const char *error);
 extern void of_slot_add_processed(OfWorkerSlot *slot, uint64 n);
 extern void of_wake_slot(int slotno);
 
+/* ---- latency histogram (src/metrics.c) ---- */
+#define OF_HIST_BUCKETS 256
+extern int	of_latency_bucket(double ms);
+
 /* ---- worker entry points ---- */
 extern PGDLLEXPORT void ordflow_supervisor_main(Datum main_arg);
 extern PGDLLEXPORT void ordflow_generator_main(Datum main_arg);
