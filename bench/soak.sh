@@ -18,7 +18,9 @@
 #   plus dead letters, broker queues, metrics() against a recompute from
 #   the orders table, worker restarts and crash lines in the server log.
 # Writes bench/out/soak.csv (the samples), prints a summary and appends it,
-# dated, to bench/SOAK.md.  Stops every server it started.
+# dated, to bench/SOAK.md.  Stops every server it started.  Exits non-zero
+# when an order was lost or doubled, the drain timed out, metrics() differs
+# from the recompute, the workers did not reconnect, or memory grew.
 #
 # Options:
 #   --minutes N      run length, minutes (default 10; decimals allowed)
@@ -166,7 +168,7 @@ N_CONN=$(pg -c "SELECT count(*) FROM ordflow.status() WHERE connected")
 	echo
 } > "$CSV"
 
-# "VmRSS RssAnon" in kB of a pid, or ", " when it is gone
+# "VmRSS,RssAnon" in kB of a pid, or "," when it is gone
 mem_kb()
 {
 	local s
@@ -243,6 +245,22 @@ restart_broker()
 	done
 	if [ "$i" -lt 600 ]; then rt reconnected; else rt reconnect_timeout; fi
 	echo "outbox_reconnected $(pg -c 'SELECT count(*) FROM ordflow.outbox')" >> "$WORK/restart.times"
+	echo recovering > "$WORK/restart.state"
+	# until the backlog is back under 2 s of orders (at most 120 s): its
+	# peak and when it got there, finer than the regular samples
+	local ob bl ob_max=0 bl_max=0 lim
+	lim=$(awk -v r="$RATE" 'BEGIN { printf "%d", 2 * r }')
+	for ((i = 0; i < 240; i++)); do
+		IFS='|' read -r ob bl < <(pg -F '|' -c "SELECT (SELECT count(*) FROM ordflow.outbox),
+		                 (SELECT count(*) FROM ordflow.orders WHERE status = 'initialised')" 2>/dev/null)
+		[ -n "$ob" ] || { sleep 0.5; continue; }
+		[ "$ob" -gt "$ob_max" ] && ob_max=$ob
+		[ "$bl" -gt "$bl_max" ] && bl_max=$bl
+		[ "$bl" -le "$lim" ] && { rt recovered; break; }
+		sleep 0.5
+	done
+	echo "outbox_peak $ob_max" >> "$WORK/restart.times"
+	echo "backlog_peak $bl_max" >> "$WORK/restart.times"
 	echo run > "$WORK/restart.state"
 }
 
@@ -384,19 +402,20 @@ RESTARTS=$(awk -F, -v w="${WORKERS[*]}" '
 # ---------------------------------------------------------------------------
 # summary
 
+LIM2=$(awk -v r="$RATE" 'BEGIN { printf "%d", 2 * r }')
 rt_get() { awk -v k="$1" '$1 == k { print $2; exit }' "$WORK/restart.times"; }
 RS_BEGIN=$(rt_get stop_begin) RS_STOPPED=$(rt_get stopped) RS_NOTICED=$(rt_get all_disconnected)
 RS_START=$(rt_get start_begin) RS_STARTED=$(rt_get started) RS_RECONN=$(rt_get reconnected)
 RS_OB_BEFORE=$(rt_get outbox_before) RS_OB_DOWN=$(rt_get outbox_down_end) RS_OB_RECONN=$(rt_get outbox_reconnected)
 d() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "") print "?"; else printf "%.1f", b - a }'; }
 if [ -n "$RS_RECONN" ]; then
-	# first sample after the reconnection whose backlog is back under 2 s of orders
-	RECOVERED=$(awk -F, -v r="$RS_RECONN" -v lim="$(awk -v r="$RATE" 'BEGIN { print 2 * r }')" \
-		'NR > 1 && $1 >= r && $5 != "" && $5 <= lim { print $1; exit }' "$CSV")
+	RS_RECOVERED=$(rt_get recovered)
 	RESTART_LINE="stop began at t=$RS_BEGIN s, process gone after $(d "$RS_BEGIN" "$RS_STOPPED") s; every worker saw the connection down $(
 		[ -n "$RS_NOTICED" ] && echo "$(d "$RS_STOPPED" "$RS_NOTICED") s after that" || echo "NOT within the ${DOWN} s down")
-  broker down ${DOWN} s, start took $(d "$RS_START" "$RS_STARTED") s; relay and $CONSUMERS consumer(s) reconnected $(d "$RS_STARTED" "$RS_RECONN") s after the broker was up (t=$RS_RECONN)
-  outbox: $RS_OB_BEFORE before the stop, $RS_OB_DOWN at the end of the down time, $RS_OB_RECONN at reconnection; backlog back under $((2 * ${RATE%.*})) orders at t=${RECOVERED:-never (before the generator stopped)}"
+  broker down ${DOWN} s, start took $(d "$RS_START" "$RS_STARTED") s; relay and $CONSUMERS consumer(s) reconnected $(d "$RS_STARTED" "$RS_RECONN") s after the broker was up (t=$RS_RECONN s)
+  outbox: $RS_OB_BEFORE rows before the stop, $RS_OB_DOWN at the end of the down time, $RS_OB_RECONN at reconnection, peak $(rt_get outbox_peak)
+  backlog peak $(rt_get backlog_peak); back under $LIM2 orders (2 s of orders) $(
+		[ -n "$RS_RECOVERED" ] && echo "$(d "$RS_RECONN" "$RS_RECOVERED") s after reconnecting (t=$RS_RECOVERED s)" || echo "NOT within 120 s of reconnecting")"
 elif [ -n "$(rt_get start_failed)" ]; then
 	RESTART_LINE="FAILED: the broker did not start again"
 else
@@ -436,10 +455,33 @@ RSS_TABLE=$(awk -F, -v w="${WORKERS[*]}" -v mid="$MID" -v warm="$WARM" -v flat="
 	}' "$CSV")
 FLAT=${RSS_TABLE##*FLAT=}
 RSS_TABLE=${RSS_TABLE%$'\n'FLAT=*}
-read -r MAX_OUTBOX MAX_OUTBOX_T MAX_BACKLOG MAX_BACKLOG_T MADE_END < <(awk -F, '
-	NR > 1 && $6 != "" { if ($6 + 0 >= mo) { mo = $6; mot = $1 } if ($5 + 0 >= mb) { mb = $5; mbt = $1 } }
+# the same over time: VmRSS/RssAnon MB per worker, a line a minute (a line
+# a sample on runs under 5 minutes), plus the sample after the drain
+SERIES_STEP=$((DURATION >= 300 ? 60 : INTERVAL))
+RSS_SERIES=$(awk -F, -v w="${WORKERS[*]}" -v step="$SERIES_STEP" '
+	BEGIN { n = split(w, names, " ")
+		printf "  %7s", "t (s)"; for (i = 1; i <= n; i++) printf " %14s", names[i]; printf " %9s\n", "rabbitmq" }
+	NR == 1 { next }
+	{
+		k = int($1 / step + 0.5)
+		if ($2 !~ /drain/ && (k in seen || ($1 - k * step) > 2 || ($1 - k * step) < -2)) next
+		seen[k] = 1
+		printf "  %7.0f", $1
+		for (i = 1; i <= n; i++) { c = 10 + 3 * (i - 1); printf " %14s", ($(c + 1) == "" ? "-" : sprintf("%.1f/%.1f", $(c + 1) / 1024, $(c + 2) / 1024)) }
+		printf " %9s", ($9 == "" ? "down" : sprintf("%.1f", $9 / 1024))
+		print ($2 == "run" ? "" : "  " $2)
+	}' "$CSV")
+IFS='|' read -r MAX_OUTBOX MAX_OUTBOX_T MAX_BACKLOG MAX_BACKLOG_T MADE_END < <(awk -F, '
+	NR > 1 && $6 != "" { if ($6 + 0 >= mo) { mo = $6; mot = $1 " s" } if ($5 + 0 >= mb) { mb = $5; mbt = $1 " s" } }
 	NR > 1 && $2 !~ /drain/ && $3 != "" { made = $3 }
-	END { print mo + 0, mot, mb + 0, mbt, made + 0 }' "$CSV")
+	END { print mo + 0 "|t=" mot "|" mb + 0 "|t=" mbt "|" made + 0 }' "$CSV")
+for k in outbox backlog; do
+	v=$(rt_get "${k}_peak")
+	if [ -n "$v" ]; then
+		if [ "$k" = outbox ] && [ "$v" -gt "$MAX_OUTBOX" ]; then MAX_OUTBOX=$v MAX_OUTBOX_T="just after the broker restart"; fi
+		if [ "$k" = backlog ] && [ "$v" -gt "$MAX_BACKLOG" ]; then MAX_BACKLOG=$v MAX_BACKLOG_T="just after the broker restart"; fi
+	fi
+done
 MADE_RATE=$(awk -v m="$MADE_END" -v t="$DURATION" 'BEGIN { printf "%.1f", m / t }')
 
 verdict0() { [ "$1" = 0 ] && echo "$1" || echo "$1 (MUST BE 0)"; }
@@ -449,13 +491,15 @@ SUMMARY=$(cat <<-EOF
 	generator: $MADE_END orders in $DURATION s = $MADE_RATE orders/s (asked $RATE/s); stopped at t=$T_STOP s
 	drain: $([ -n "$DRAINED" ] && echo "done $(d "$T_STOP" "$T_DRAINED") s after stop()" || echo "TIMED OUT after $DRAIN_TIMEOUT s")
 
-	memory per worker (samples in $CSV; mid = last sample before the broker restart at $MID s;
+	memory per worker (samples in bench/out/soak.csv; mid = last sample before the broker restart at $MID s;
 	warm-up = first $WARM s; flat = RssAnon growth after warm-up <= $FLAT_KB kB):
 	$RSS_TABLE
+	over time (MB, VmRSS/RssAnon per worker; broker VmRSS):
+	$RSS_SERIES
 	  RSS flat: $FLAT$( [ "$FLAT" = yes ] && echo " - every worker's private memory stayed flat" )
 	  worker restarts (pid changes): $RESTARTS
 
-	outbox max $MAX_OUTBOX rows (t=$MAX_OUTBOX_T s); backlog (orders not yet processed) max $MAX_BACKLOG (t=$MAX_BACKLOG_T s)
+	outbox max $MAX_OUTBOX rows ($MAX_OUTBOX_T); backlog (orders not yet processed) max $MAX_BACKLOG ($MAX_BACKLOG_T)
 
 	broker restart ($STOP_MODE) at the middle:
 	  $RESTART_LINE
@@ -495,4 +539,4 @@ fi
 
 # non-zero when the run found a fault
 [ "$LOST" = 0 ] && [ "$DOUBLED" = 0 ] && [ -n "$DRAINED" ] && [ "$METRICS_OK" = yes ] &&
-	[ -n "$RS_RECONN" ] && [ -n "$QUEUES_EMPTY" ]
+	[ -n "$RS_RECONN" ] && [ -n "$QUEUES_EMPTY" ] && [ "$FLAT" = yes ]
