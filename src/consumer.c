@@ -375,7 +375,7 @@ ordflow_consumer_main(Datum main_arg)
 		if (of_amqp_ack(&a, msgs[n - 1].delivery_tag))
 			of_slot_add_processed(slot, n);
 		SpinLockAcquire(&OfState->mutex);
-		OfState->orders_processed += stats.completed + stats.declined;
+		OfState->generated_processed += stats.generated;
 		SpinLockRelease(&OfState->mutex);
 		if (stats.stale > 0)
 			ereport(LOG,

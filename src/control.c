@@ -66,7 +66,11 @@ ordflow_xact_callback(XactEvent event, void *arg)
 					OfState->gen_version++;
 				}
 				if (pending_truncated)
+				{
 					OfState->truncate_version++;
+					/* truncated orders will never be processed: forget them */
+					OfState->orders_generated = OfState->generated_processed;
+				}
 				SpinLockRelease(&OfState->mutex);
 			}
 			if (n_pending_gen > 0 || pending_truncated)

@@ -163,7 +163,7 @@ throttled(OfWorkerSlot *slot)
 		return false;
 	SpinLockAcquire(&OfState->mutex);
 	made = OfState->orders_generated;
-	done = OfState->orders_processed;
+	done = OfState->generated_processed;
 	SpinLockRelease(&OfState->mutex);
 	if (made <= done || made - done <= (uint64) ordflow_generator_max_backlog)
 		return false;

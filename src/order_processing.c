@@ -68,7 +68,7 @@ static const char *plan_sql[NUM_PLANS] = {
 	" SELECT order_id, uid, 'initialised', created_at, amount FROM ins",
 
 	/* PLAN_LOCK_ORDERS */
-	"SELECT order_id, uid, symbol, quantity, amount, status::pg_catalog.text, created_at, ctid"
+	"SELECT order_id, uid, symbol, quantity, amount, status::pg_catalog.text, created_at, ctid, source"
 	"  FROM ordflow.orders WHERE order_id = ANY ($1::pg_catalog.int8[])"
 	" ORDER BY order_id FOR UPDATE",
 
@@ -150,6 +150,7 @@ typedef struct OrderWork
 	/* metrics of this pass */
 	int64		completed;
 	int64		declined;
+	int64		generated;		/* of those, made by the generator */
 	Datum		sum_price;
 	int64		hist[OF_HIST_BUCKETS];
 	TimestampTz processed_at;
@@ -163,6 +164,7 @@ typedef struct Slot
 	bool		found;
 	TimestampTz created_at;
 	ItemPointerData tid;
+	bool		generated;		/* made by the generator */
 	Datum		price;
 	bool		has_price;
 } Slot;
@@ -399,6 +401,8 @@ process_orders(void *arg)
 		taken_id = o->order_id;
 		s->created_at = DatumGetTimestampTz(SPI_getbinval(tup, rows->tupdesc, 7, &isnull));
 		ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(tup, rows->tupdesc, 8, &isnull)), &s->tid);
+		s->generated = strcmp(TextDatumGetCString(SPI_getbinval(tup, rows->tupdesc, 9, &isnull)),
+							  "generator") == 0;
 		todo[ntodo++] = s;
 	}
 	if (ntodo == 0)
@@ -516,6 +520,8 @@ process_orders(void *arg)
 			m->outcome = OF_OUT_DECLINED;
 			w->declined++;
 		}
+		if (todo[i]->generated)
+			w->generated++;
 		ms = (double) (w->processed_at - todo[i]->created_at) / 1000.0;
 		w->hist[of_latency_bucket(ms)]++;
 	}
@@ -567,6 +573,7 @@ reset_work(OrderWork *w)
 {
 	w->completed = 0;
 	w->declined = 0;
+	w->generated = 0;
 	w->sum_price = DirectFunctionCall1(int4_numeric, Int32GetDatum(0));
 	memset(w->hist, 0, sizeof(w->hist));
 }
@@ -590,6 +597,7 @@ of_process_order_messages(OfMessage **orders, int n, int worker_no, OfBatchStats
 	{
 		stats->completed += w.completed;
 		stats->declined += w.declined;
+		stats->generated += w.generated;
 		return;
 	}
 
@@ -607,6 +615,7 @@ of_process_order_messages(OfMessage **orders, int n, int worker_no, OfBatchStats
 		{
 			stats->completed += w.completed;
 			stats->declined += w.declined;
+			stats->generated += w.generated;
 			continue;
 		}
 		orders[i]->outcome = OF_OUT_DEAD;

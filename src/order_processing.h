@@ -54,6 +54,7 @@ typedef struct OfBatchStats
 {
 	int			completed;
 	int			declined;
+	int			generated;		/* processed orders the generator made */
 	int			duplicates;
 	int			stale;
 	int			dead;

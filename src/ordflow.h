@@ -85,7 +85,7 @@ typedef struct OfShared
 	uint32		gen_version;	/* bumped on every change, so the generator resets its bucket */
 	uint32		truncate_version;	/* bumped by truncate(), so workers drop caches */
 	uint64		orders_generated;	/* by the generator, since shared memory was made */
-	uint64		orders_processed;	/* by all consumers, idem */
+	uint64		generated_processed;	/* of those, processed by the consumers */
 	OfWorkerSlot slots[OF_NUM_SLOTS];
 } OfShared;
 
