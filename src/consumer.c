@@ -296,6 +296,7 @@ ordflow_consumer_main(Datum main_arg)
 	int			msgs_cap = 0;
 
 	slot = of_worker_start(slotno, OF_WORKER_CONSUMER, index);
+
 	memset(&a, 0, sizeof(a));
 	a.fd = -1;
 	batch_cxt = AllocSetContextCreate(TopMemoryContext, "ordflow consumer batch",

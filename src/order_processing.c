@@ -85,7 +85,7 @@ static const char *plan_sql[NUM_PLANS] = {
 	" upd AS ("
 	"  UPDATE ordflow.orders o SET status = v.status::ordflow.order_status, execution_price = v.price,"
 	"         notes = v.notes, processed_at = $7"
-	"    FROM v WHERE o.ctid = v.tid),"	/* rows we hold locked: a TID scan, whatever the statistics say */
+	"    FROM v WHERE o.ctid = ANY ($10::pg_catalog.tid[]) AND o.ctid = v.tid),"
 	" ev AS ("
 	"  INSERT INTO ordflow.order_events (order_id, uid, status, event_time, amount, notes)"
 	"  SELECT v.order_id, v.uid, v.status::ordflow.order_status, $7, v.event_amount, v.notes FROM v)"

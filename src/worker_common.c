@@ -40,6 +40,13 @@ of_worker_start(int slotno, OfWorkerKind kind, int index)
 	BackgroundWorkerInitializeConnection(ordflow_database, NULL, 0);
 	/* Our statements name every schema; trust nothing else on the path. */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * Our statements are keyed lookups on tables that grow fast.  Right
+	 * after truncate() the statistics say they are empty, and a plan kept
+	 * from then would scan a table that has since reached millions of rows.
+	 */
+	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	slot = of_slot_attach(slotno, kind, index);
 	if (slot == NULL)
 	{
