@@ -378,10 +378,10 @@ ordflow_consumer_main(Datum main_arg)
 		SpinLockAcquire(&OfState->mutex);
 		OfState->generated_processed += stats.generated;
 		SpinLockRelease(&OfState->mutex);
+		/* after a truncate() every batch has some: keep them out of the log */
 		if (stats.stale > 0)
-			ereport(LOG,
-					(errmsg("ordflow: dropped %d message(s) of orders removed by ordflow.truncate()",
-							stats.stale)));
+			elog(DEBUG1, "ordflow: dropped %d message(s) of orders removed by ordflow.truncate()",
+				 stats.stale);
 		if (stats.dead > 0)
 			ereport(LOG,
 					(errmsg("ordflow: %d message(s) moved to ordflow.dead_letters", stats.dead)));
