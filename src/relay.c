@@ -189,6 +189,9 @@ ordflow_relay_main(Datum main_arg)
 
 		of_worker_interrupts();
 		MemoryContextReset(loop_cxt);
+		/* frames decoded by librabbitmq live in its pools until released */
+		if (a.conn)
+			amqp_maybe_release_buffers(a.conn);
 		oldcxt = MemoryContextSwitchTo(loop_cxt);
 
 		if (!of_amqp_ensure_connected(&a, true, &wait_ms))
