@@ -330,7 +330,9 @@ ordflow_consumer_main(Datum main_arg)
 		{
 			if (!start_consuming(&a))
 			{
+				/* e.g. an exclusive consumer elsewhere: do not hammer the broker */
 				of_slot_set_error(slot, a.error);
+				of_worker_wait(1000);
 				continue;
 			}
 			consuming_on = a.generation;
