@@ -206,10 +206,18 @@ apply_retention(void)
 
 	if (ordflow_event_retention <= 0)
 		return;
-	sql = psprintf("DELETE FROM ordflow.order_events WHERE event_id = ANY (ARRAY("
-				   " SELECT event_id FROM ordflow.order_events"
-				   "  WHERE event_time < pg_catalog.now() - pg_catalog.make_interval(mins => %d)"
-				   "  LIMIT 50000))", ordflow_event_retention);
+
+	/*
+	 * Events are appended in event_id order, so the old ones are among the
+	 * lowest ids: look at the 50,000 oldest only, never the whole table.
+	 */
+	sql = psprintf("DELETE FROM ordflow.order_events"
+				   " WHERE event_id <= (SELECT pg_catalog.max(o.event_id) FROM"
+				   "   (SELECT event_id, event_time FROM ordflow.order_events"
+				   "     ORDER BY event_id LIMIT 50000) AS o"
+				   "   WHERE o.event_time < pg_catalog.now() - pg_catalog.make_interval(mins => %d))"
+				   "   AND event_time < pg_catalog.now() - pg_catalog.make_interval(mins => %d)",
+				   ordflow_event_retention, ordflow_event_retention);
 	SPI_execute(sql, false, 0);
 	sql = psprintf("DELETE FROM ordflow.metrics_minute"
 				   " WHERE minute < pg_catalog.now() - pg_catalog.make_interval(mins => %d)",
