@@ -47,6 +47,8 @@ of_worker_start(int slotno, OfWorkerKind kind, int index)
 	 * from then would scan a table that has since reached millions of rows.
 	 */
 	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	/* ... and with scans priced that high, JIT would compile trivial queries. */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	slot = of_slot_attach(slotno, kind, index);
 	if (slot == NULL)
 	{
