@@ -124,3 +124,14 @@ SELECT count(*) AS plans_touching_orders
 DELETE FROM ordflow.metrics_minute;
 DELETE FROM ordflow.metrics_totals;
 SELECT * FROM ordflow.metrics();
+
+-- _latency_percentiles: several workers' histograms (rows of a 2-D array)
+-- summed once, several percentiles; equal to _latency_percentile of the sum.
+SELECT ordflow._latency_percentiles(ARRAY[pg_temp.hist(10, 99, 200, 1), pg_temp.hist(5, 1, 200, 1)],
+                                    '{0.5,0.99,1}')
+         = ARRAY[ordflow._latency_percentile(pg_temp.hist(5, 1, 10, 99, 200, 2), 0.5),
+                 ordflow._latency_percentile(pg_temp.hist(5, 1, 10, 99, 200, 2), 0.99),
+                 ordflow._latency_percentile(pg_temp.hist(5, 1, 10, 99, 200, 2), 1)] AS same_as_summed,
+       ordflow._latency_percentiles(ARRAY[pg_temp.hist(10, 1)], '{0.5, NULL}') AS with_null_p,
+       ordflow._latency_percentiles(array_fill(0::bigint, ARRAY[2, 256]), '{0.5}') AS empty;
+SELECT pg_temp.err($$SELECT ordflow._latency_percentiles(ARRAY[pg_temp.hist(10, 1)], '{1.5}')$$);

@@ -21,6 +21,7 @@
 #include "ordflow.h"
 
 PG_FUNCTION_INFO_V1(ordflow_latency_percentile);
+PG_FUNCTION_INFO_V1(ordflow_latency_percentiles);
 
 int
 of_latency_bucket(double ms)
@@ -35,39 +36,32 @@ of_latency_bucket(double ms)
 	return Min(Max(i, 1), OF_HIST_BUCKETS - 1);
 }
 
-/*
- * _latency_percentile(hist bigint[], p float8): the representative latency
- * of the smallest bucket whose cumulative count reaches ceil(p * total).
- */
-Datum
-ordflow_latency_percentile(PG_FUNCTION_ARGS)
+static void
+check_percentile(float8 p)
 {
-	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(0);
-	float8		p = PG_GETARG_FLOAT8(1);
-	Datum	   *elems;
-	bool	   *nulls;
-	int			n;
+	if (isnan(p) || p < 0 || p > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("percentile must be between 0 and 1, got %g", p)));
+}
+
+/*
+ * The representative latency of the smallest bucket whose cumulative count
+ * reaches ceil(p * total); false when the histogram is empty.
+ */
+static bool
+percentile_of(const int64 *counts, int n, float8 p, float8 *result)
+{
 	int64		total = 0;
 	int64		need;
 	int64		cum = 0;
 	int64		pp;
 
-	if (isnan(p) || p < 0 || p > 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("percentile must be between 0 and 1, got %g", p)));
-	if (ARR_NDIM(arr) > 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("the histogram must be a one-dimensional array")));
-
-	deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
-					  &elems, &nulls, &n);
 	for (int i = 0; i < n; i++)
-		if (!nulls[i] && DatumGetInt64(elems[i]) > 0)
-			total += DatumGetInt64(elems[i]);
+		if (counts[i] > 0)
+			total += counts[i];
 	if (total <= 0)
-		PG_RETURN_NULL();
+		return false;
 
 	/* ceil(p * total) in integers, so 0.99 * 100 is 99, not 99.00000000000001 */
 	pp = (int64) llround(p * 1e9);
@@ -76,14 +70,101 @@ ordflow_latency_percentile(PG_FUNCTION_ARGS)
 
 	for (int i = 0; i < n; i++)
 	{
-		if (!nulls[i] && DatumGetInt64(elems[i]) > 0)
-			cum += DatumGetInt64(elems[i]);
+		if (counts[i] > 0)
+			cum += counts[i];
 		if (cum >= need)
 		{
-			if (i == 0)
-				PG_RETURN_FLOAT8(0.005);
-			PG_RETURN_FLOAT8(0.01 * pow(2.0, (i - 0.5) / 8));
+			*result = i == 0 ? 0.005 : 0.01 * pow(2.0, (i - 0.5) / 8);
+			return true;
 		}
 	}
-	PG_RETURN_NULL();
+	return false;
+}
+
+/* Sum the histograms of hists (one per row of a 1-D or 2-D array). */
+static int64 *
+sum_histograms(ArrayType *hists, int *n)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			nelems;
+	int			width;
+	int64	   *counts;
+
+	if (ARR_NDIM(hists) > 2)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("histograms must be a one- or two-dimensional array")));
+	deconstruct_array(hists, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &elems, &nulls, &nelems);
+	width = ARR_NDIM(hists) == 2 ? ARR_DIMS(hists)[1] : nelems;
+	counts = palloc0(sizeof(int64) * Max(width, 1));
+	for (int i = 0; i < nelems; i++)
+		if (!nulls[i])
+			counts[i % width] += DatumGetInt64(elems[i]);
+	*n = width;
+	return counts;
+}
+
+/* _latency_percentile(hist bigint[], p float8) */
+Datum
+ordflow_latency_percentile(PG_FUNCTION_ARGS)
+{
+	float8		p = PG_GETARG_FLOAT8(1);
+	int			n;
+	int64	   *counts;
+	float8		result;
+
+	check_percentile(p);
+	if (ARR_NDIM(PG_GETARG_ARRAYTYPE_P(0)) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the histogram must be a one-dimensional array")));
+	counts = sum_histograms(PG_GETARG_ARRAYTYPE_P(0), &n);
+	if (!percentile_of(counts, n, p, &result))
+		PG_RETURN_NULL();
+	PG_RETURN_FLOAT8(result);
+}
+
+/*
+ * _latency_percentiles(hists bigint[], ps float8[]) returns float8[]: the
+ * per-worker histograms (rows of a 2-D array) summed once, then every
+ * percentile asked for; what metrics() needs in one call.
+ */
+Datum
+ordflow_latency_percentiles(PG_FUNCTION_ARGS)
+{
+	ArrayType  *ps = PG_GETARG_ARRAYTYPE_P(1);
+	Datum	   *pelems;
+	bool	   *pnulls;
+	int			np;
+	int			n;
+	int64	   *counts = sum_histograms(PG_GETARG_ARRAYTYPE_P(0), &n);
+	Datum	   *out;
+	bool	   *outnulls;
+	int			dims[1];
+	int			lbs[1] = {1};
+
+	deconstruct_array(ps, FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &pelems, &pnulls, &np);
+	out = palloc(sizeof(Datum) * Max(np, 1));
+	outnulls = palloc(sizeof(bool) * Max(np, 1));
+	for (int i = 0; i < np; i++)
+	{
+		float8		r;
+
+		outnulls[i] = true;
+		out[i] = (Datum) 0;
+		if (pnulls[i])
+			continue;
+		check_percentile(DatumGetFloat8(pelems[i]));
+		if (percentile_of(counts, n, DatumGetFloat8(pelems[i]), &r))
+		{
+			out[i] = Float8GetDatum(r);
+			outnulls[i] = false;
+		}
+	}
+	dims[0] = np;
+	PG_RETURN_ARRAYTYPE_P(construct_md_array(out, outnulls, 1, dims, lbs, FLOAT8OID,
+											 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }
