@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # bench/lib.sh - private servers for the benchmark scripts (sourced, not run).
 #
-# Source scripts/lib.sh first.  The caller sets WORK (a folder it made with
-# mktemp, mode 755); everything lives under it:
+# Source scripts/lib.sh first (mq_env, mqctl, mq_pid, mq_launch and
+# pg_launch, shared with scripts/demo.sh, are there).  The caller sets WORK
+# (a folder it made with mktemp, mode 755); everything lives under it:
 #   bench_build ROOT             copy ROOT to $WORK/src, build as postgres, install
 #   mq_setup NODE BASE_PORT      RabbitMQ config under $WORK/rabbitmq; sets MQ_PORT, AMQP_URL
 #   mq_start / mq_stop [MODE]    start and wait; stop (MODE term = orderly, kill = kill -9)
@@ -18,7 +19,9 @@
 MQDIR=$WORK/rabbitmq
 PGDATA=$WORK/pgdata
 SOCK=$WORK/sock
+# shellcheck disable=SC2034  # MQ_NODE and MQ_ENV are read by scripts/lib.sh's mq_*
 MQ_PORT='' MQ_EPMD='' PG_PORT='' PG_STARTED='' AMQP_URL='' MQ_NODE=''
+# shellcheck disable=SC2034
 MQ_ENV=()
 
 bench_build()
@@ -31,67 +34,20 @@ bench_build()
 }
 
 # RabbitMQ run directly, as postgres, with everything under $MQDIR
+# (mq_env, mqctl, mq_pid and mq_launch are in scripts/lib.sh)
 mq_setup()
 {
+	# shellcheck disable=SC2034  # read by scripts/lib.sh's mq_env and mqctl
 	MQ_NODE=$1
 	MQ_PORT=$(free_port "$2" 12) || die "no free ports for RabbitMQ"
-	MQ_EPMD=$((MQ_PORT + 2))
-	MQ_ENV=(
-		HOME="$MQDIR/home"
-		RABBITMQ_NODENAME="$MQ_NODE"
-		RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
-		RABBITMQ_NODE_PORT="$MQ_PORT"
-		RABBITMQ_DIST_PORT=$((MQ_PORT + 1))
-		RABBITMQ_MNESIA_BASE="$MQDIR/mnesia"
-		RABBITMQ_LOG_BASE="$MQDIR/log"
-		RABBITMQ_CONFIG_FILE="$MQDIR/rabbitmq.conf"
-		RABBITMQ_ADVANCED_CONFIG_FILE="$MQDIR/advanced.config"
-		RABBITMQ_ENABLED_PLUGINS_FILE="$MQDIR/enabled_plugins"
-		RABBITMQ_PID_FILE="$MQDIR/rabbitmq.pid"
-		RABBITMQ_CONF_ENV_FILE=/dev/null
-		RABBITMQ_CTL_DIST_PORT_MIN=$((MQ_PORT + 3))
-		RABBITMQ_CTL_DIST_PORT_MAX=$((MQ_PORT + 12))
-		ERL_EPMD_PORT="$MQ_EPMD"
-		ERL_EPMD_ADDRESS=127.0.0.1
-		LANG=C.UTF-8
-		LC_ALL=C.UTF-8
-	)
+	mq_env
 	mkdir -p "$MQDIR"/{mnesia,log,home}
-	cat > "$MQDIR/rabbitmq.conf" <<-EOF
-		# written by bench/lib.sh
-		loopback_users.guest = true
-		log.file.level = warning
-		log.console = false
-		disk_free_limit.absolute = 50MB
-	EOF
-	echo '[].' > "$MQDIR/enabled_plugins"
+	mq_write_conf warning bench/lib.sh
 	chown -R postgres: "$MQDIR"
 	AMQP_URL="amqp://guest:guest@127.0.0.1:$MQ_PORT/%2f"
 }
 
-mqctl() { runuser -u postgres -- env "${MQ_ENV[@]}" "$RABBIT_BIN/rabbitmqctl" -n "$MQ_NODE" "$@"; }
-
-# pid of the running broker (beam) or nothing
-mq_pid()
-{
-	local pid
-	[ -f "$MQDIR/rabbitmq.pid" ] || return 0
-	pid=$(grep -o '[0-9]*' "$MQDIR/rabbitmq.pid" | head -n1)
-	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
-	return 0
-}
-
-mq_start()
-{
-	# a pid file left by kill -9 would make `rabbitmqctl wait` look at a dead pid
-	rm -f "$MQDIR/rabbitmq.pid"
-	runuser -u postgres -- env "${MQ_ENV[@]}" setsid "$RABBIT_BIN/rabbitmq-server" \
-		>> "$MQDIR/log/server.out" 2>&1 < /dev/null &
-	if ! mqctl wait "$MQDIR/rabbitmq.pid" --timeout 90 >/dev/null 2>&1; then
-		tail -n 40 "$MQDIR/log/server.out" >&2
-		die "RabbitMQ did not start"
-	fi
-}
+mq_start() { mq_launch || die "RabbitMQ did not start"; }
 
 # mq_stop [term|kill]: term = SIGTERM, an orderly shutdown (escalates to
 # SIGKILL after 60 s); kill = SIGKILL at once.  Returns when the process is gone.
@@ -145,10 +101,7 @@ pg_setup()
 pg_start()
 {
 	PG_STARTED=1
-	as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" -l "$WORK/postgres.log" -w -t 60 start >/dev/null || {
-		tail -n 30 "$WORK/postgres.log" >&2
-		die "PostgreSQL did not start"
-	}
+	pg_launch "$WORK/postgres.log" || die "PostgreSQL did not start"
 }
 
 pg_stop()

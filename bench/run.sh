@@ -86,14 +86,10 @@ OUT=$ROOT/bench/out
 mkdir -p "$OUT"
 WORK=$(mktemp -d /var/tmp/ordflow-bench.XXXXXX) || die "mktemp failed"
 chmod 755 "$WORK"
-SRC=$WORK/src
-PGDATA=$WORK/pgdata
-SOCK=$WORK/sock
-MQDIR=$WORK/rabbitmq
+# shellcheck source=lib.sh
+. "$ROOT/bench/lib.sh"
 RESULTS=$OUT/results.csv
 RUN_ID=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-MQ_NODE=ordflow_bench_$$@localhost
-MQ_PORT='' MQ_EPMD='' PG_STARTED=
 
 # ---------------------------------------------------------------------------
 # cleanup: stop what we started (by pid file), then remove the work folder
@@ -101,23 +97,9 @@ MQ_PORT='' MQ_EPMD='' PG_STARTED=
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup()
 {
-	local rc=$? pid
+	local rc=$?
 	trap - EXIT INT TERM
-	if [ -n "$PG_STARTED" ] && [ -f "$PGDATA/postmaster.pid" ]; then
-		say "stopping PostgreSQL"
-		as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" -m fast -w -t 30 stop >/dev/null 2>&1 ||
-			as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1
-	fi
-	if [ -f "$MQDIR/rabbitmq.pid" ]; then
-		pid=$(grep -o '[0-9]*' "$MQDIR/rabbitmq.pid" | head -n1)
-		if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-			say "stopping RabbitMQ"
-			kill -TERM "$pid" 2>/dev/null
-			for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-			kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-		fi
-	fi
-	[ -n "$MQ_EPMD" ] && epmd -port "$MQ_EPMD" -kill >/dev/null 2>&1
+	bench_stop_servers
 	if [ -n "$KEEP" ]; then
 		say "kept $WORK"
 	else
@@ -131,92 +113,22 @@ trap 'exit 130' INT TERM
 # ---------------------------------------------------------------------------
 # build and install
 
-step "building ordflow in $SRC and installing it"
-copy_tree "$ROOT" "$SRC"
-chown -R postgres: "$WORK"
-as_pg make -s -C "$SRC" -j2 PG_CONFIG="$PG_CONFIG" >/dev/null || die "build failed"
-make -s -C "$SRC" install PG_CONFIG="$PG_CONFIG" >/dev/null || die "make install failed"
+step "building ordflow in $WORK/src and installing it"
+bench_build "$ROOT"
 cc -O2 -Wall -Wextra -o "$WORK/raw_pipe" "$ROOT/bench/raw_pipe.c" -lrabbitmq ||
 	die "compiling bench/raw_pipe.c failed"
 
 # ---------------------------------------------------------------------------
-# RabbitMQ, as postgres, with everything under $MQDIR (as scripts/demo.sh)
+# RabbitMQ and PostgreSQL (bench/lib.sh)
 
-MQ_PORT=$(free_port 17672 12) || die "no free ports for RabbitMQ"
-MQ_DIST=$((MQ_PORT + 1))
-MQ_EPMD=$((MQ_PORT + 2))
-MQ_ENV=(
-	HOME="$MQDIR/home"
-	RABBITMQ_NODENAME="$MQ_NODE"
-	RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
-	RABBITMQ_NODE_PORT="$MQ_PORT"
-	RABBITMQ_DIST_PORT="$MQ_DIST"
-	RABBITMQ_MNESIA_BASE="$MQDIR/mnesia"
-	RABBITMQ_LOG_BASE="$MQDIR/log"
-	RABBITMQ_CONFIG_FILE="$MQDIR/rabbitmq.conf"
-	RABBITMQ_ADVANCED_CONFIG_FILE="$MQDIR/advanced.config"
-	RABBITMQ_ENABLED_PLUGINS_FILE="$MQDIR/enabled_plugins"
-	RABBITMQ_PID_FILE="$MQDIR/rabbitmq.pid"
-	RABBITMQ_CONF_ENV_FILE=/dev/null
-	RABBITMQ_CTL_DIST_PORT_MIN=$((MQ_PORT + 3))
-	RABBITMQ_CTL_DIST_PORT_MAX=$((MQ_PORT + 12))
-	ERL_EPMD_PORT="$MQ_EPMD"
-	ERL_EPMD_ADDRESS=127.0.0.1
-	LANG=C.UTF-8
-	LC_ALL=C.UTF-8
-)
-mqctl() { runuser -u postgres -- env "${MQ_ENV[@]}" "$RABBIT_BIN/rabbitmqctl" -n "$MQ_NODE" "$@"; }
-
+mq_setup "ordflow_bench_$$@localhost" 17672
 step "starting RabbitMQ on 127.0.0.1:$MQ_PORT"
-mkdir -p "$MQDIR"/{mnesia,log,home}
-cat > "$MQDIR/rabbitmq.conf" <<-EOF
-	# written by bench/run.sh
-	loopback_users.guest = true
-	log.file.level = warning
-	log.console = false
-	disk_free_limit.absolute = 50MB
-EOF
-echo '[].' > "$MQDIR/enabled_plugins"
-chown -R postgres: "$MQDIR"
-runuser -u postgres -- env "${MQ_ENV[@]}" setsid "$RABBIT_BIN/rabbitmq-server" \
-	>> "$MQDIR/log/server.out" 2>&1 < /dev/null &
-if ! mqctl wait "$MQDIR/rabbitmq.pid" --timeout 90 >/dev/null 2>&1; then
-	tail -n 40 "$MQDIR/log/server.out" >&2
-	die "RabbitMQ did not start"
-fi
-MQ_PID=$(grep -o '[0-9]*' "$MQDIR/rabbitmq.pid" | head -n1)
-AMQP_URL="amqp://guest:guest@127.0.0.1:$MQ_PORT/%2f"
+mq_start
+MQ_PID=$(mq_pid)
 
-# ---------------------------------------------------------------------------
-# PostgreSQL
-
-PG_PORT=$(free_port 17432) || die "no free port for PostgreSQL"
+pg_setup 17432
 step "starting PostgreSQL on 127.0.0.1:$PG_PORT"
-mkdir -p "$SOCK"
-chown postgres: "$SOCK"
-as_pg "$PG_BINDIR/initdb" -D "$PGDATA" -U postgres -E UTF8 --locale=C.UTF-8 -A peer \
-	>/dev/null || die "initdb failed"
-cat >> "$PGDATA/postgresql.conf" <<-EOF
-	# written by bench/run.sh
-	listen_addresses = ''
-	port = $PG_PORT
-	unix_socket_directories = '$SOCK'
-	shared_preload_libraries = 'ordflow'
-	ordflow.database = 'postgres'
-	ordflow.amqp_url = '$AMQP_URL'
-	max_worker_processes = 20
-	shared_buffers = 512MB
-	max_wal_size = 4GB
-	# synchronous_commit = on (the default): kept, the guarantees need it
-	log_line_prefix = '%m [%p] %b '
-EOF
-PG_STARTED=1
-as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" -l "$WORK/postgres.log" -w -t 60 start >/dev/null || {
-	tail -n 30 "$WORK/postgres.log" >&2
-	die "PostgreSQL did not start"
-}
-
-pg() { as_pg psql -X -q -v ON_ERROR_STOP=1 -h "$SOCK" -p "$PG_PORT" -d postgres -At "$@"; }
+pg_start
 
 pg >/dev/null <<-'EOF' || die "setting up the database failed"
 	CREATE EXTENSION ordflow;
@@ -263,16 +175,7 @@ MIN_UID=$(pg -c "SELECT min(uid) FROM ordflow.users")
 # Workers up: supervisor, generator, relay, 1 consumer, connected.
 wait_consumers()
 {
-	local want=$1 i got
-	for ((i = 0; i < 300; i++)); do
-		got=$(pg -c "SELECT count(*) FROM ordflow.status() WHERE worker LIKE 'consumer%' AND connected")
-		[ "$got" = "$want" ] &&
-			[ "$(pg -c "SELECT count(*) FROM ordflow.status() WHERE worker = 'relay' AND connected")" = 1 ] &&
-			return 0
-		sleep 0.2
-	done
-	pg -c "SELECT * FROM ordflow.status()" >&2
-	die "expected $want connected consumers and a connected relay"
+	wait_workers_connected "$1" || die "expected $1 connected consumers and a connected relay"
 }
 wait_consumers 1
 say "RabbitMQ $MQ_NODE and PostgreSQL ready; ordflow's workers connected"

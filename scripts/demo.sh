@@ -80,49 +80,12 @@ MQ_NODE=ordflow_demo_$HASH@localhost
 PG_PORT='' MQ_PORT=''
 # shellcheck disable=SC1090
 [ -f "$PORTS" ] && . "$PORTS"
-mq_ports()
-{
-	MQ_DIST=$((MQ_PORT + 1))
-	MQ_EPMD=$((MQ_PORT + 2))
-	MQ_CTL_MIN=$((MQ_PORT + 3))
-	MQ_CTL_MAX=$((MQ_PORT + 12))
-}
-[ -n "$MQ_PORT" ] && mq_ports
-
-# the environment of the broker and of every rabbitmqctl call
-mq_env()
-{
-	MQ_ENV=(
-		HOME="$MQDIR/home"
-		RABBITMQ_NODENAME="$MQ_NODE"
-		RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
-		RABBITMQ_NODE_PORT="$MQ_PORT"
-		RABBITMQ_DIST_PORT="$MQ_DIST"
-		RABBITMQ_MNESIA_BASE="$MQDIR/mnesia"
-		RABBITMQ_LOG_BASE="$MQDIR/log"
-		RABBITMQ_CONFIG_FILE="$MQDIR/rabbitmq.conf"
-		RABBITMQ_ADVANCED_CONFIG_FILE="$MQDIR/advanced.config"
-		RABBITMQ_ENABLED_PLUGINS_FILE="$MQDIR/enabled_plugins"
-		RABBITMQ_PID_FILE="$MQDIR/rabbitmq.pid"
-		RABBITMQ_CONF_ENV_FILE=/dev/null
-		RABBITMQ_CTL_DIST_PORT_MIN="$MQ_CTL_MIN"
-		RABBITMQ_CTL_DIST_PORT_MAX="$MQ_CTL_MAX"
-		ERL_EPMD_PORT="$MQ_EPMD"
-		ERL_EPMD_ADDRESS=127.0.0.1
-		LANG=C.UTF-8
-		LC_ALL=C.UTF-8
-	)
-}
-# run as postgres with the broker's environment
-mq_run() { mq_env; (cd / && runuser -u postgres -- env "${MQ_ENV[@]}" "$@"); }
-mqctl() { mq_run "$RABBIT_BIN/rabbitmqctl" -n "$MQ_NODE" "$@"; }
+# mq_env, mqctl, mq_pid, mq_launch: scripts/lib.sh
+[ -n "$MQ_PORT" ] && mq_env
 
 mq_running()
 {
-	[ -n "$MQ_PORT" ] && [ -f "$MQDIR/rabbitmq.pid" ] || return 1
-	local pid
-	pid=$(grep -o '[0-9]*' "$MQDIR/rabbitmq.pid" | head -n1)
-	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+	[ -n "$MQ_PORT" ] && [ -n "$(mq_pid)" ] || return 1
 	mqctl -q status >/dev/null 2>&1
 }
 
@@ -147,7 +110,7 @@ stop_rabbitmq()
 		say "stopping RabbitMQ ($MQ_NODE, port $MQ_PORT)"
 		mqctl shutdown >/dev/null 2>&1 || {
 			local pid
-			pid=$(grep -o '[0-9]*' "$MQDIR/rabbitmq.pid" | head -n1)
+			pid=$(mq_pid)
 			[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null
 			sleep 3
 		}
@@ -227,24 +190,10 @@ else
 		[ "$(free_port "$MQ_PORT" 12)" != "$MQ_PORT" ]; then
 		MQ_PORT=$(free_port 16672 12) || die "no free ports for RabbitMQ"
 	fi
-	mq_ports
+	mq_env
 	save_ports
-	cat > "$MQDIR/rabbitmq.conf" <<-EOF
-		# written by scripts/demo.sh
-		loopback_users.guest = true
-		log.file.level = info
-		log.console = false
-		disk_free_limit.absolute = 50MB
-	EOF
-	echo '[].' > "$MQDIR/enabled_plugins"
-	chown postgres: "$MQDIR/rabbitmq.conf" "$MQDIR/enabled_plugins"
-	rm -f "$MQDIR/rabbitmq.pid"
-	mq_run setsid "$RABBIT_BIN/rabbitmq-server" \
-		>> "$MQDIR/log/server.out" 2>&1 < /dev/null &
-	if ! mqctl wait "$MQDIR/rabbitmq.pid" --timeout 90 >/dev/null 2>&1; then
-		tail -n 40 "$MQDIR/log/server.out" >&2
-		die "RabbitMQ did not start (log: $MQDIR/log/)"
-	fi
+	mq_write_conf info scripts/demo.sh
+	mq_launch || die "RabbitMQ did not start (log: $MQDIR/log/)"
 	say "RabbitMQ $MQ_NODE ready on 127.0.0.1:$MQ_PORT (log: $MQDIR/log/)"
 fi
 AMQP_URL="amqp://guest:guest@127.0.0.1:$MQ_PORT/%2f"
@@ -317,10 +266,7 @@ else
 	fi
 	save_ports
 	write_pg_conf
-	if ! as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" -l "$RUN/postgres.log" -w -t 60 start >/dev/null; then
-		tail -n 30 "$RUN/postgres.log" >&2
-		die "PostgreSQL did not start (log: $RUN/postgres.log)"
-	fi
+	pg_launch "$RUN/postgres.log" || die "PostgreSQL did not start (log: $RUN/postgres.log)"
 	wait_pg_ready
 	say "PostgreSQL ready on 127.0.0.1:$PG_PORT (log: $RUN/postgres.log)"
 fi

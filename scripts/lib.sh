@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared by scripts/demo.sh and scripts/test.sh (sourced, not run).
+# Shared by scripts/demo.sh, scripts/test.sh and bench/*.sh (sourced, not run).
 
 # shellcheck disable=SC2034  # used by the scripts that source this
 PG_MAJOR=15
@@ -110,4 +110,87 @@ free_port()
 postgres_can_enter()
 {
 	(cd / && runuser -u postgres -- test -x "$1") 2>/dev/null
+}
+
+# ---------------------------------------------------------------------------
+# A private RabbitMQ, run as postgres with everything under $MQDIR.  The
+# caller sets MQDIR, MQ_NODE and MQ_PORT (AMQP; the 12 ports after it are
+# the broker's distribution port, epmd and rabbitmqctl's range).
+
+# mq_env: MQ_EPMD and MQ_ENV, the environment of the broker and of every
+# rabbitmqctl call (call again when MQ_PORT changes)
+mq_env()
+{
+	MQ_EPMD=$((MQ_PORT + 2))
+	MQ_ENV=(
+		HOME="$MQDIR/home"
+		RABBITMQ_NODENAME="$MQ_NODE"
+		RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+		RABBITMQ_NODE_PORT="$MQ_PORT"
+		RABBITMQ_DIST_PORT=$((MQ_PORT + 1))
+		RABBITMQ_MNESIA_BASE="$MQDIR/mnesia"
+		RABBITMQ_LOG_BASE="$MQDIR/log"
+		RABBITMQ_CONFIG_FILE="$MQDIR/rabbitmq.conf"
+		RABBITMQ_ADVANCED_CONFIG_FILE="$MQDIR/advanced.config"
+		RABBITMQ_ENABLED_PLUGINS_FILE="$MQDIR/enabled_plugins"
+		RABBITMQ_PID_FILE="$MQDIR/rabbitmq.pid"
+		RABBITMQ_CONF_ENV_FILE=/dev/null
+		RABBITMQ_CTL_DIST_PORT_MIN=$((MQ_PORT + 3))
+		RABBITMQ_CTL_DIST_PORT_MAX=$((MQ_PORT + 12))
+		ERL_EPMD_PORT="$MQ_EPMD"
+		ERL_EPMD_ADDRESS=127.0.0.1
+		LANG=C.UTF-8
+		LC_ALL=C.UTF-8
+	)
+}
+
+# run as postgres, from /, with the broker's environment
+mq_run() { (cd / && runuser -u postgres -- env "${MQ_ENV[@]}" "$@"); }
+mqctl() { mq_run "$RABBIT_BIN/rabbitmqctl" -n "$MQ_NODE" "$@"; }
+
+# pid of the running broker (beam) or nothing
+mq_pid()
+{
+	local pid
+	[ -f "$MQDIR/rabbitmq.pid" ] || return 0
+	pid=$(grep -o '[0-9]*' "$MQDIR/rabbitmq.pid" | head -n1)
+	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+	return 0
+}
+
+# mq_write_conf LOG_LEVEL WRITER: rabbitmq.conf (guest on loopback only)
+# and an empty plugin list, owned by postgres; $MQDIR must exist
+mq_write_conf()
+{
+	cat > "$MQDIR/rabbitmq.conf" <<-EOF
+		# written by $2
+		loopback_users.guest = true
+		log.file.level = $1
+		log.console = false
+		disk_free_limit.absolute = 50MB
+	EOF
+	echo '[].' > "$MQDIR/enabled_plugins"
+	chown postgres: "$MQDIR/rabbitmq.conf" "$MQDIR/enabled_plugins"
+}
+
+# mq_launch: start the broker in the background and wait until it runs;
+# false (after the tail of its output) when it did not start within 90 s
+mq_launch()
+{
+	# a pid file left by kill -9 would make `rabbitmqctl wait` look at a dead pid
+	rm -f "$MQDIR/rabbitmq.pid"
+	mq_run setsid "$RABBIT_BIN/rabbitmq-server" \
+		>> "$MQDIR/log/server.out" 2>&1 < /dev/null &
+	mqctl wait "$MQDIR/rabbitmq.pid" --timeout 90 >/dev/null 2>&1 && return 0
+	tail -n 40 "$MQDIR/log/server.out" >&2
+	return 1
+}
+
+# pg_launch LOG: start the cluster in $PGDATA, logging to LOG, and wait up
+# to 60 s; false (after the tail of LOG) when it did not start
+pg_launch()
+{
+	as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" -l "$1" -w -t 60 start >/dev/null && return 0
+	tail -n 30 "$1" >&2
+	return 1
 }

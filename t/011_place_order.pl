@@ -11,6 +11,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::RealBin/lib";
 use OrdflowTest;
+use OrdflowInvariants;
 
 use JSON::PP;
 use PostgreSQL::Test::Utils;
@@ -22,10 +23,7 @@ $node->safe_psql('postgres', 'CREATE EXTENSION ordflow');
 
 sub sq { return $node->safe_psql('postgres', $_[0]); }
 
-ok( OrdflowTest::wait_for($node, q{
-		SELECT count(*) FILTER (WHERE connected) = 2 FROM ordflow.status()
-		 WHERE worker IN ('relay', 'consumer 0')}, 't', 90),
-	'relay and consumer 0 connected');
+ok(OrdflowInvariants::wait_connected($node, 1, 90), 'relay and consumer 0 connected');
 
 # A tap on the exchange sees every message the relay publishes.
 my $tap = 'test.tap.orders';
@@ -33,20 +31,7 @@ $mq->declare_queue($tap, bind => [ 'ordflow', 'order.#' ]);
 
 my $uid = sq(q{SELECT ordflow.create_user('Ann', 'Place', 100)});
 
-my $recompute = q{
-	WITH r AS (
-		SELECT count(*) FILTER (WHERE status <> 'initialised') AS processed,
-			   count(*) FILTER (WHERE status = 'completed') AS completed,
-			   count(*) FILTER (WHERE status = 'declined') AS declined,
-			   coalesce(sum(execution_price) FILTER (WHERE status = 'completed'), 0) AS total,
-			   max(processed_at) AS last_at
-		  FROM ordflow.orders)
-	SELECT m.orders_processed = r.processed, m.orders_completed = r.completed,
-		   m.orders_declined = r.declined, m.total_execution_amount = r.total,
-		   m.avg_execution_price IS NOT DISTINCT FROM
-			   CASE WHEN r.completed > 0 THEN r.total / r.completed END,
-		   m.last_processed_at IS NOT DISTINCT FROM r.last_at
-	  FROM ordflow.metrics() m, r};
+my $recompute = OrdflowTest::metrics_recompute_sql();
 
 # ---------------------------------------------------------------------------
 # Rolled back: never published.

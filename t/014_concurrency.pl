@@ -12,6 +12,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::RealBin/lib";
 use OrdflowTest;
+use OrdflowInvariants;
 
 use IPC::Run;
 use List::Util qw(shuffle sum);
@@ -27,10 +28,7 @@ $node->safe_psql('postgres', 'CREATE EXTENSION ordflow');
 
 sub sq { return $node->safe_psql('postgres', $_[0]); }
 
-ok( OrdflowTest::wait_for($node, q{
-		SELECT count(*) FILTER (WHERE connected) FROM ordflow.status()
-		 WHERE worker IN ('relay', 'consumer 0', 'consumer 1', 'consumer 2')}, '4', 90),
-	'relay and three consumers connected');
+ok(OrdflowInvariants::wait_connected($node, 3, 90), 'relay and three consumers connected');
 is(sq(q{SELECT string_agg(worker, ',' ORDER BY worker) FROM ordflow.status() WHERE worker LIKE 'consumer%'}),
 	'consumer 0,consumer 1,consumer 2', 'status() shows three consumers');
 is(sq(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'ordflow consumer'}), '3',
@@ -164,18 +162,7 @@ is(sq("SELECT count(*) FROM (VALUES $values) v(id, amt) JOIN ordflow.orders o ON
 	$N, 'every outside order kept its amount and uid');
 
 # Metrics.
-is(sq(q{WITH r AS (
-			SELECT count(*) FILTER (WHERE status <> 'initialised') AS p,
-				   count(*) FILTER (WHERE status = 'completed') AS c,
-				   count(*) FILTER (WHERE status = 'declined') AS d,
-				   coalesce(sum(execution_price) FILTER (WHERE status = 'completed'), 0) AS s,
-				   max(processed_at) AS l
-			  FROM ordflow.orders)
-		SELECT m.orders_processed = r.p, m.orders_completed = r.c, m.orders_declined = r.d,
-			   m.total_execution_amount = r.s,
-			   m.avg_execution_price IS NOT DISTINCT FROM CASE WHEN r.c > 0 THEN r.s / r.c END,
-			   m.last_processed_at = r.l
-		  FROM ordflow.metrics() m, r}),
+is(sq(OrdflowTest::metrics_recompute_sql(last_set => 1)),
 	't|t|t|t|t|t', 'metrics() equals a recompute from orders');
 ok(sq(q{SELECT count(*) FROM ordflow.metrics_totals WHERE processed > 0}) >= 2,
 	'more than one consumer did the work');

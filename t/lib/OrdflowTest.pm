@@ -715,4 +715,41 @@ sub wait_for
 	return 0;
 }
 
+=pod
+
+=item OrdflowTest::metrics_recompute_sql(%opts)
+
+SQL comparing ordflow.metrics() with a recompute from ordflow.orders: one
+boolean per figure, in this order: processed, completed, declined, total
+execution amount, average execution price, last_processed_at; all true
+prints 't|t|t|t|t|t'.  last_processed_at may be NULL on both sides unless
+last_set => 1 (then it must equal the newest processed_at, plain =).
+latency => 1 adds a seventh: p50 is set and p99 >= p50.
+
+=cut
+
+sub metrics_recompute_sql
+{
+	my (%o) = @_;
+	my $last = $o{last_set}
+	  ? 'm.last_processed_at = r.last_at'
+	  : 'm.last_processed_at IS NOT DISTINCT FROM r.last_at';
+	$last .= ",\n\t\t   m.latency_p50_ms IS NOT NULL AND m.latency_p99_ms >= m.latency_p50_ms"
+	  if $o{latency};
+	return qq{
+	WITH r AS (
+		SELECT count(*) FILTER (WHERE status <> 'initialised') AS processed,
+			   count(*) FILTER (WHERE status = 'completed') AS completed,
+			   count(*) FILTER (WHERE status = 'declined') AS declined,
+			   coalesce(sum(execution_price) FILTER (WHERE status = 'completed'), 0) AS total,
+			   max(processed_at) AS last_at
+		  FROM ordflow.orders)
+	SELECT m.orders_processed = r.processed, m.orders_completed = r.completed,
+		   m.orders_declined = r.declined, m.total_execution_amount = r.total,
+		   m.avg_execution_price IS NOT DISTINCT FROM
+			   CASE WHEN r.completed > 0 THEN r.total / r.completed END,
+		   $last
+	  FROM ordflow.metrics() m, r};
+}
+
 1;
