@@ -398,6 +398,22 @@ $$;
 -- Orders
 -- ---------------------------------------------------------------------------
 
+-- The order message of the contract, as the relay publishes it: the one place
+-- its format is written (place_order() and the generator both use it).  A
+-- single SQL expression without SET clause, so the planner inlines it into
+-- the generator's set-wise INSERT; hence every name is schema-qualified.
+CREATE FUNCTION ordflow._order_payload(order_id bigint, uid bigint, symbol text,
+									   quantity int, amount numeric,
+									   created_at timestamptz)
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+	SELECT pg_catalog.json_build_object(
+			   'order_id', $1, 'uid', $2, 'symbol', $3, 'quantity', $4, 'amount', $5,
+			   'created_at', pg_catalog.to_char(pg_catalog.timezone('UTC', $6),
+												'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text
+$$;
+
 -- Hot path of the benchmark: three inserts, nothing else.  The outbox row is
 -- published by the relay only if the caller's transaction commits.
 CREATE FUNCTION ordflow.place_order(uid bigint DEFAULT NULL,
@@ -455,14 +471,8 @@ BEGIN
 
 	INSERT INTO ordflow.outbox (order_id, routing_key, payload)
 	VALUES (new_id, 'order.created',
-			json_build_object(
-				'order_id', new_id,
-				'uid', place_order.uid,
-				'symbol', place_order.symbol,
-				'quantity', place_order.quantity,
-				'amount', place_order.amount,
-				'created_at', to_char(created AT TIME ZONE 'UTC',
-									  'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text);
+			ordflow._order_payload(new_id, place_order.uid, place_order.symbol,
+								   place_order.quantity, place_order.amount, created));
 
 	PERFORM ordflow._wake_relay_at_commit();
 	RETURN new_id;

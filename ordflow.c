@@ -208,17 +208,6 @@ define_settings(void)
  * the statement of a failed ALTER SYSTEM: keep the broker password out of
  * both.  Runs in every process, the postmaster included.
  */
-static bool
-pg_strcasestr_ascii(const char *haystack, const char *needle)
-{
-	size_t		n = strlen(needle);
-
-	for (const char *p = haystack; *p; p++)
-		if (pg_strncasecmp(p, needle, n) == 0)
-			return true;
-	return false;
-}
-
 static void
 ordflow_emit_log(ErrorData *edata)
 {
@@ -232,7 +221,7 @@ ordflow_emit_log(ErrorData *edata)
 		edata->detail = redacted;
 	/* A statement naming the setting or holding a URL with a password. */
 	if (debug_query_string != NULL &&
-		(pg_strcasestr_ascii(debug_query_string, "amqp_url") ||
+		(strcasestr(debug_query_string, "amqp_url") != NULL ||
 		 (redacted = of_redact_urls_in_text(debug_query_string)) != NULL))
 		edata->hide_stmt = true;
 	if (prev_emit_log_hook)

@@ -141,3 +141,17 @@ bench_stop_servers()
 	[ -n "$MQ_EPMD" ] && epmd -port "$MQ_EPMD" -kill >/dev/null 2>&1
 	return 0
 }
+
+# The end of an EXIT trap: stop our servers, keep or remove $WORK (--keep),
+# and exit with the status the script had.
+bench_finish()
+{
+	local rc=$1
+	bench_stop_servers
+	if [ -n "${KEEP:-}" ]; then
+		say "kept $WORK"
+	else
+		rm -rf "$WORK"
+	fi
+	exit "$rc"
+}

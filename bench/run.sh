@@ -99,13 +99,7 @@ cleanup()
 {
 	local rc=$?
 	trap - EXIT INT TERM
-	bench_stop_servers
-	if [ -n "$KEEP" ]; then
-		say "kept $WORK"
-	else
-		rm -rf "$WORK"
-	fi
-	exit "$rc"
+	bench_finish "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

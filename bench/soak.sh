@@ -117,13 +117,7 @@ cleanup()
 		say "waiting for the broker restart in progress"
 		wait "$RESTART_JOB" 2>/dev/null
 	fi
-	bench_stop_servers
-	if [ -n "$KEEP" ]; then
-		say "kept $WORK"
-	else
-		rm -rf "$WORK"
-	fi
-	exit "$rc"
+	bench_finish "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -99,8 +99,10 @@ of_amqp_settings_changed(OfAmqp *a)
 	char	   *sig;
 	bool		changed;
 
-	if (a->signature == NULL)
+	/* Settings change only on reload: no work on the hot path otherwise. */
+	if (a->signature == NULL || a->config_seen == of_config_generation)
 		return false;
+	a->config_seen = of_config_generation;
 	sig = settings_signature();
 	changed = strcmp(sig, a->signature) != 0;
 	pfree(sig);
@@ -121,11 +123,11 @@ of_amqp_fail(OfAmqp *a, const char *fmt,...)
 }
 
 
+/* url: a writable copy of the URL, which amqp_parse_url() cuts up */
 static bool
-open_connection(OfAmqp *a, bool confirms)
+open_connection(OfAmqp *a, bool confirms, char *url)
 {
 	struct amqp_connection_info info;
-	char	   *url = pstrdup(ordflow_amqp_url);
 	amqp_socket_t *sock;
 	struct timeval tv;
 	int			status;
@@ -222,9 +224,6 @@ open_connection(OfAmqp *a, bool confirms)
 	r = amqp_login_with_properties(a->conn, info.vhost, 0, OF_FRAME_MAX,
 								   ordflow_heartbeat, &client_props,
 								   AMQP_SASL_METHOD_PLAIN, info.user, info.password);
-	/* the password lives in url; wipe it now that login is done */
-	memset(url, 0, strlen(ordflow_amqp_url));
-	pfree(url);
 	if (r.reply_type != AMQP_RESPONSE_NORMAL)
 	{
 		of_amqp_reply_error(r, "login", a->error, sizeof(a->error));
@@ -245,6 +244,7 @@ open_connection(OfAmqp *a, bool confirms)
 		a->confirms = true;
 		a->next_tag = 1;
 		a->acked_upto = 0;
+		a->n_early_acks = 0;
 		a->nacked = false;
 	}
 	a->connected = true;
@@ -287,7 +287,9 @@ bool
 of_amqp_ensure_connected(OfAmqp *a, bool confirms, long *wait_ms)
 {
 	TimestampTz now;
+	MemoryContext cxt;
 	MemoryContext oldcxt;
+	char	   *url;
 	bool		ok;
 
 	*wait_ms = 0;
@@ -316,11 +318,20 @@ of_amqp_ensure_connected(OfAmqp *a, bool confirms, long *wait_ms)
 		return false;
 	}
 
-	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
-	ok = open_connection(a, confirms);
+	/* Whatever a failed attempt allocates goes with this context. */
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "ordflow connect",
+								ALLOCSET_SMALL_SIZES);
+	oldcxt = MemoryContextSwitchTo(cxt);
+	url = pstrdup(ordflow_amqp_url);
+	ok = open_connection(a, confirms, url);
+	explicit_bzero(url, strlen(url));	/* it holds the password */
 	if (ok)
-		a->signature = settings_signature();
+	{
+		a->signature = MemoryContextStrdup(TopMemoryContext, settings_signature());
+		a->config_seen = of_config_generation;
+	}
 	MemoryContextSwitchTo(oldcxt);
+	MemoryContextDelete(cxt);
 
 	if (ok)
 	{
@@ -350,8 +361,7 @@ of_amqp_ensure_connected(OfAmqp *a, bool confirms, long *wait_ms)
 	}
 	else
 		elog(DEBUG1, "ordflow: broker still unreachable: %s", a->error);
-	of_amqp_disconnect(a, false);
-	of_amqp_fail(a, "%s", a->error);	/* keep the reason after the reset */
+	of_amqp_disconnect(a, false);	/* keeps a->error for status() */
 
 	a->backoff_ms = a->backoff_ms == 0 ? OF_BACKOFF_MIN_MS : Min(a->backoff_ms * 2, OF_BACKOFF_MAX_MS);
 	a->next_attempt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), a->backoff_ms);
@@ -360,6 +370,50 @@ of_amqp_ensure_connected(OfAmqp *a, bool confirms, long *wait_ms)
 }
 
 /* ---- frames ---- */
+
+/*
+ * Record a publisher confirm.  Confirms may arrive out of order (one queue
+ * confirms before another), so a single ack above the contiguous prefix is
+ * kept aside until the prefix reaches it: acked_upto never claims a message
+ * the broker has not confirmed.
+ */
+static void
+confirm(OfAmqp *a, uint64 tag, bool multiple)
+{
+	bool		moved;
+
+	if (multiple)
+		a->acked_upto = Max(a->acked_upto, tag);
+	else if (tag == a->acked_upto + 1)
+		a->acked_upto = tag;
+	else if (tag > a->acked_upto)
+	{
+		if (a->n_early_acks == a->max_early_acks)
+		{
+			a->max_early_acks = Max(64, a->max_early_acks * 2);
+			a->early_acks = a->early_acks ?
+				repalloc(a->early_acks, sizeof(uint64) * a->max_early_acks) :
+				MemoryContextAlloc(TopMemoryContext, sizeof(uint64) * a->max_early_acks);
+		}
+		a->early_acks[a->n_early_acks++] = tag;
+		return;
+	}
+
+	/* Absorb the early acks the prefix has reached. */
+	do
+	{
+		moved = false;
+		for (int i = 0; i < a->n_early_acks; i++)
+		{
+			if (a->early_acks[i] <= a->acked_upto + 1)
+			{
+				a->acked_upto = Max(a->acked_upto, a->early_acks[i]);
+				a->early_acks[i--] = a->early_acks[--a->n_early_acks];
+				moved = true;
+			}
+		}
+	} while (moved);
+}
 
 /*
  * Handle a frame every worker cares about the same way.  Returns true when
@@ -386,12 +440,7 @@ handle_common_frame(OfAmqp *a, amqp_frame_t *f)
 			{
 				amqp_basic_ack_t *m = f->payload.method.decoded;
 
-				if (m->multiple)
-					a->acked_upto = Max(a->acked_upto, m->delivery_tag);
-				else if (m->delivery_tag == a->acked_upto + 1)
-					a->acked_upto = m->delivery_tag;
-				else
-					a->acked_upto = Max(a->acked_upto, m->delivery_tag);	/* single acks arrive in order */
+				confirm(a, m->delivery_tag, m->multiple);
 				return true;
 			}
 		case AMQP_BASIC_NACK_METHOD:
@@ -404,7 +453,9 @@ handle_common_frame(OfAmqp *a, amqp_frame_t *f)
 
 				of_amqp_fail(a, "broker closed the connection: %d %.*s", m->reply_code,
 							 (int) m->reply_text.len, (char *) m->reply_text.bytes);
+				of_amqp_watchdog_arm(2000);
 				amqp_send_method(a->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+				of_amqp_watchdog_disarm();
 				return true;
 			}
 		case AMQP_CHANNEL_CLOSE_METHOD:
@@ -414,7 +465,9 @@ handle_common_frame(OfAmqp *a, amqp_frame_t *f)
 
 				of_amqp_fail(a, "broker closed the channel: %d %.*s", m->reply_code,
 							 (int) m->reply_text.len, (char *) m->reply_text.bytes);
+				of_amqp_watchdog_arm(2000);
 				amqp_send_method(a->conn, f->channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+				of_amqp_watchdog_disarm();
 				return true;
 			}
 		case AMQP_BASIC_CANCEL_METHOD:

@@ -26,8 +26,12 @@ typedef struct OfAmqp
 	bool		confirms;		/* channel is in confirm mode */
 	uint64		next_tag;		/* delivery tag of the next publish */
 	uint64		acked_upto;		/* every tag <= this was confirmed */
+	uint64	   *early_acks;		/* single confirms above acked_upto, unordered */
+	int			n_early_acks;
+	int			max_early_acks;
 	bool		nacked;			/* the broker refused a publish */
 	char	   *signature;		/* settings the connection was made with */
+	uint64		config_seen;	/* of_config_generation the signature was checked at */
 	uint64		generation;		/* bumped by every new connection */
 	/* reconnecting */
 	int			backoff_ms;

@@ -377,9 +377,12 @@ ordflow_consumer_main(Datum main_arg)
 		send_replies(&a, msgs, n);
 		if (of_amqp_ack(&a, msgs[n - 1].delivery_tag))
 			of_slot_add_processed(slot, n);
-		SpinLockAcquire(&OfState->mutex);
-		OfState->generated_processed += stats.generated;
-		SpinLockRelease(&OfState->mutex);
+		if (stats.generated > 0)
+		{
+			SpinLockAcquire(&OfState->mutex);
+			OfState->generated_processed += stats.generated;
+			SpinLockRelease(&OfState->mutex);
+		}
 		/* after a truncate() every batch has some: keep them out of the log */
 		if (stats.stale > 0)
 			elog(DEBUG1, "ordflow: dropped %d message(s) of orders removed by ordflow.truncate()",

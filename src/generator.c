@@ -24,6 +24,7 @@
 #include "storage/ipc.h"
 
 #include "ordflow.h"
+#include "spi_util.h"
 #include "worker_common.h"
 
 /* Most orders made in one transaction, whatever the backlog of tokens. */
@@ -47,11 +48,10 @@ static const char *insert_orders_sql =
 "  SELECT order_id, uid, 'initialised', created_at, amount FROM o)"
 " INSERT INTO ordflow.outbox (order_id, routing_key, payload)"
 " SELECT order_id, 'order.created',"
-"        pg_catalog.json_build_object('order_id', order_id, 'uid', uid, 'symbol', symbol,"
-"          'quantity', quantity, 'amount', amount, 'created_at',"
-"          pg_catalog.to_char(pg_catalog.timezone('UTC', created_at), 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))::text"
+"        ordflow._order_payload(order_id, uid, symbol, quantity, amount, created_at)"
 "   FROM o";
 
+static const Oid insert_orders_types[3] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID};
 static SPIPlanPtr insert_plan = NULL;
 
 /* Users to pick from, refreshed every second. */
@@ -135,17 +135,8 @@ make_orders(int n)
 	args[1] = PointerGetDatum(construct_array(symbols, n, TEXTOID, -1, false, TYPALIGN_INT));
 	args[2] = PointerGetDatum(construct_array(quantities, n, INT4OID, 4, true, TYPALIGN_INT));
 
-	if (insert_plan == NULL)
-	{
-		Oid			types[3] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID};
-
-		insert_plan = SPI_prepare(insert_orders_sql, 3, types);
-		if (insert_plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(insert_plan);
-	}
-	if (SPI_execute_plan(insert_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not insert generated orders");
+	of_run_plan(&insert_plan, insert_orders_sql, 3, insert_orders_types, args, NULL,
+				SPI_OK_INSERT);
 }
 
 /*

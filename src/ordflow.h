@@ -43,6 +43,9 @@ extern int	ordflow_event_retention;	/* minutes; 0 keeps everything */
 /* Highest generator rate start() accepts, orders per second. */
 #define OF_MAX_GENERATOR_RATE	1000000.0
 
+/* Bumped by every SIGHUP reload a worker processes (worker_common.c). */
+extern uint64 of_config_generation;
+
 /* ---- shared state (src/shmem.c) ---- */
 typedef enum OfWorkerKind
 {

@@ -27,6 +27,7 @@
 
 #include "amqp_conn.h"
 #include "ordflow.h"
+#include "spi_util.h"
 #include "worker_common.h"
 
 /* How long the broker may take to confirm a batch before we give up on it. */
@@ -39,6 +40,7 @@ static const char *take_batch_sql =
 "  SELECT id FROM ordflow.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))"
 " RETURNING order_id, routing_key, payload";
 
+static const Oid take_batch_type = INT8OID;
 static SPIPlanPtr take_plan = NULL;
 
 static void
@@ -82,17 +84,8 @@ publish_batch(OfAmqp *a, OfWorkerSlot *slot, bool *missing)
 		of_commit_tx();
 		return 0;
 	}
-	if (take_plan == NULL)
-	{
-		Oid			type = INT8OID;
-
-		take_plan = SPI_prepare(take_batch_sql, 1, &type);
-		if (take_plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(take_plan);
-	}
-	if (SPI_execute_plan(take_plan, &arg, NULL, false, 0) != SPI_OK_DELETE_RETURNING)
-		elog(ERROR, "could not read the outbox");
+	of_run_plan(&take_plan, take_batch_sql, 1, &take_batch_type, &arg, NULL,
+				SPI_OK_DELETE_RETURNING);
 	n = SPI_processed;
 	if (n == 0)
 	{

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * spi_util.h
- *	  SPI helpers of the consumer: kept plans, array parameters built from
+ *	  SPI helpers of the workers: kept plans, array parameters built from
  *	  C values, and subtransactions that tell data errors from transient ones.
  *
  *-------------------------------------------------------------------------

@@ -28,6 +28,8 @@
 #include "amqp_conn.h"
 #include "worker_common.h"
 
+uint64		of_config_generation = 0;
+
 OfWorkerSlot *
 of_worker_start(int slotno, OfWorkerKind kind, int index)
 {
@@ -68,6 +70,7 @@ of_worker_interrupts(void)
 	{
 		ConfigReloadPending = false;
 		ProcessConfigFile(PGC_SIGHUP);
+		of_config_generation++;
 	}
 }
 
