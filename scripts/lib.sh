@@ -3,7 +3,9 @@
 
 # shellcheck disable=SC2034  # used by the scripts that source this
 PG_MAJOR=15
-PG_BINDIR=/usr/lib/postgresql/$PG_MAJOR/bin
+# ORDFLOW_PG_BINDIR points at a relocated copy of the server (developers
+# running several suites at once); by default, Debian's.
+PG_BINDIR=${ORDFLOW_PG_BINDIR:-/usr/lib/postgresql/$PG_MAJOR/bin}
 # shellcheck disable=SC2034
 PG_CONFIG=$PG_BINDIR/pg_config
 # shellcheck disable=SC2034

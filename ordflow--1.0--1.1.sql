@@ -1,0 +1,89 @@
+/* ordflow--1.0--1.1.sql: trust boundaries, limits, retries, more than one node */
+
+\echo Use "ALTER EXTENSION ordflow UPDATE TO '1.1'" to load this file. \quit
+
+-- ---------------------------------------------------------------------------
+-- Tables: who may write them
+--
+-- place_order() becomes SECURITY DEFINER, so no role needs to write these
+-- tables itself; a role that could insert outbox rows could make the relay
+-- publish anything, user events included.
+-- ---------------------------------------------------------------------------
+
+REVOKE ALL ON ordflow.orders, ordflow.order_events, ordflow.outbox,
+	ordflow.dead_letters, ordflow.metrics_totals, ordflow.metrics_minute,
+	ordflow.generator_state FROM PUBLIC;
+REVOKE ALL ON FUNCTION ordflow._wake_relay_at_commit() FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Outbox: everything ordflow publishes goes through it.
+--   kind 'order': an order message (routing key order.created[.<p>])
+--   kind 'reply': a reply to a broker user event, to the default exchange
+--                 with the reply_to queue as routing key
+--   kind 'retry': a dead letter re-driven by retry_dead_letters(), its
+--                 stored body published as it was received
+-- ---------------------------------------------------------------------------
+
+ALTER TABLE ordflow.outbox
+	ALTER COLUMN order_id DROP NOT NULL,
+	ALTER COLUMN payload DROP NOT NULL,
+	ADD COLUMN kind text NOT NULL DEFAULT 'order',
+	ADD COLUMN correlation_id text,
+	ADD COLUMN message_id text,
+	ADD COLUMN reply_to text,
+	ADD COLUMN raw_body bytea,
+	ADD CONSTRAINT outbox_kind CHECK (kind IN ('order', 'reply', 'retry')),
+	ADD CONSTRAINT outbox_one_body CHECK ((payload IS NULL) <> (raw_body IS NULL)),
+	ADD CONSTRAINT outbox_order_has_id CHECK (kind <> 'order' OR order_id IS NOT NULL);
+
+-- ---------------------------------------------------------------------------
+-- Dead letters: the body is stored once, as bytea (at most the first 64 kB
+-- of a message larger than ordflow.max_message_size, with its real size);
+-- ordflow.dead_letters is a view that adds body_text, so every query
+-- written for 1.0 keeps working.
+-- ---------------------------------------------------------------------------
+
+ALTER TABLE ordflow.dead_letters RENAME TO dead_letters_raw;
+ALTER TABLE ordflow.dead_letters_raw
+	DROP COLUMN body_text,
+	ADD COLUMN body_size bigint,
+	ADD COLUMN reply_to text,
+	ADD COLUMN origin text NOT NULL DEFAULT 'consumer',
+	ADD CONSTRAINT dead_letters_origin CHECK (origin IN ('consumer', 'relay', 'broker'));
+UPDATE ordflow.dead_letters_raw SET body_size = pg_catalog.length(body);
+ALTER TABLE ordflow.dead_letters_raw ALTER COLUMN body_size SET NOT NULL;
+CREATE INDEX dead_letters_raw_received_at_idx ON ordflow.dead_letters_raw (received_at);
+
+-- The body as text when it is valid UTF-8 without NUL that the database
+-- encoding can hold; NULL otherwise.
+CREATE FUNCTION ordflow._body_text(body bytea)
+RETURNS text
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RETURN convert_from(body, 'UTF8');
+EXCEPTION WHEN character_not_in_repertoire OR untranslatable_character THEN
+	RETURN NULL;
+END
+$$;
+
+CREATE VIEW ordflow.dead_letters AS
+	SELECT d.id, d.received_at, d.queue, d.routing_key, d.body,
+		   ordflow._body_text(d.body) AS body_text,
+		   d.body_size, d.error, d.redelivered, d.message_id, d.correlation_id,
+		   d.reply_to, d.origin
+	  FROM ordflow.dead_letters_raw AS d;
+REVOKE ALL ON ordflow.dead_letters, ordflow.dead_letters_raw FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Broker user events applied once per message_id
+-- ---------------------------------------------------------------------------
+
+CREATE TABLE ordflow.applied_user_events (
+	message_id text PRIMARY KEY,
+	applied_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+);
+CREATE INDEX applied_user_events_applied_at_idx ON ordflow.applied_user_events (applied_at);
+REVOKE ALL ON ordflow.applied_user_events FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('ordflow.applied_user_events', '');
