@@ -87,3 +87,17 @@ CREATE TABLE ordflow.applied_user_events (
 CREATE INDEX applied_user_events_applied_at_idx ON ordflow.applied_user_events (applied_at);
 REVOKE ALL ON ordflow.applied_user_events FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('ordflow.applied_user_events', '');
+
+-- ---------------------------------------------------------------------------
+-- status(): the broker node each worker is connected to.  last_error and
+-- node show host names, ports and file paths only to roles with
+-- pg_read_all_settings; others see the error's class.
+-- ---------------------------------------------------------------------------
+
+DROP FUNCTION ordflow.status();
+CREATE FUNCTION ordflow.status()
+RETURNS TABLE(worker text, pid int, state text, connected boolean,
+			  since timestamptz, processed bigint, last_error text, node text)
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'ordflow_status';

@@ -21,6 +21,7 @@
 #include "storage/shmem.h"
 #include <limits.h>
 #include "utils/guc.h"
+#include "utils/memutils.h"
 
 #include "amqp_conn.h"
 #include "ordflow.h"
@@ -50,6 +51,11 @@ char	   *ordflow_amqp_tls_cert_file = NULL;
 char	   *ordflow_amqp_tls_key_file = NULL;
 bool		ordflow_amqp_tls_verify = true;
 int			ordflow_event_retention = 7 * 24 * 60;
+char	   *ordflow_user_events_role = NULL;
+int			ordflow_max_message_size = 1024 * 1024;
+int			ordflow_batch_max_bytes = 16 * 1024 * 1024;
+int			ordflow_dead_letter_retention = 30 * 24 * 3600;
+int			ordflow_node_id = 0;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static emit_log_hook_type prev_emit_log_hook = NULL;
@@ -199,6 +205,31 @@ define_settings(void)
 							"0 keeps everything.",
 							&ordflow_event_retention, 7 * 24 * 60, 0, INT_MAX / 2,
 							PGC_SIGHUP, GUC_UNIT_MIN, NULL, NULL, NULL);
+
+	DefineCustomStringVariable("ordflow.user_events_role",
+							   "Role whose rights user events from the broker are applied with.",
+							   "Empty refuses every user event from the broker. Superuser roles are refused.",
+							   &ordflow_user_events_role, "",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.max_message_size",
+							"Largest message body ordflow accepts or publishes.",
+							"A larger message is dead-lettered with its first 64 kB and its size.",
+							&ordflow_max_message_size, 1024 * 1024, 1024, 256 * 1024 * 1024,
+							PGC_SIGHUP, GUC_UNIT_BYTE, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.batch_max_bytes",
+							"Message bytes at which a consumer batch closes early.",
+							NULL, &ordflow_batch_max_bytes, 16 * 1024 * 1024, 65536, MaxAllocSize / 2,
+							PGC_SIGHUP, GUC_UNIT_BYTE, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.dead_letter_retention",
+							"Age after which dead letters are deleted.",
+							"0 keeps them.",
+							&ordflow_dead_letter_retention, 30 * 24 * 3600, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.node_id",
+							"Number of this ordflow database among those sharing a broker.",
+							"Ids ordflow makes are node_id << 48 plus a per-node sequence.",
+							&ordflow_node_id, 0, 0, OF_MAX_NODE_ID,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("ordflow");
 }

@@ -111,6 +111,24 @@ of_amqp_settings_changed(OfAmqp *a)
 
 /* ---- errors ---- */
 
+/*
+ * The class of an error is the constant text of its message, before the
+ * first value filled in: "could not connect to %s:%d: %s" gives "could not
+ * connect to".  It is what status() shows roles that may not see host
+ * names, ports and file paths.
+ */
+void
+of_amqp_set_error_class(OfAmqp *a, const char *fmt)
+{
+	size_t		n = strcspn(fmt, "%");
+
+	while (n > 0 && strchr(" :\"'(", fmt[n - 1]) != NULL)
+		n--;
+	n = Min(n, sizeof(a->error_class) - 1);
+	memcpy(a->error_class, fmt, n);
+	a->error_class[n] = '\0';
+}
+
 void
 of_amqp_fail(OfAmqp *a, const char *fmt,...)
 {
@@ -119,6 +137,7 @@ of_amqp_fail(OfAmqp *a, const char *fmt,...)
 	va_start(args, fmt);
 	vsnprintf(a->error, sizeof(a->error), fmt, args);
 	va_end(args);
+	of_amqp_set_error_class(a, fmt);
 	a->connected = false;
 }
 
@@ -227,6 +246,7 @@ open_connection(OfAmqp *a, bool confirms, char *url)
 	if (r.reply_type != AMQP_RESPONSE_NORMAL)
 	{
 		of_amqp_reply_error(r, "login", a->error, sizeof(a->error));
+		of_amqp_set_error_class(a, "login");
 		a->connected = false;
 		return false;
 	}
@@ -344,6 +364,7 @@ of_amqp_ensure_connected(OfAmqp *a, bool confirms, long *wait_ms)
 		a->backoff_ms = 0;
 		a->next_attempt = 0;
 		a->error[0] = '\0';
+		a->error_class[0] = '\0';
 		return true;
 	}
 

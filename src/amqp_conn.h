@@ -38,6 +38,7 @@ typedef struct OfAmqp
 	TimestampTz next_attempt;
 	bool		failing;		/* the last attempt failed (logged once) */
 	char		error[OF_AMQP_ERRLEN];
+	char		error_class[64];	/* error without host, port or path */
 } OfAmqp;
 
 /* Results of of_amqp_next_frame(). */
@@ -61,6 +62,7 @@ extern bool of_amqp_declare_topology(OfAmqp *a);
 extern bool of_amqp_ensure_connected(OfAmqp *a, bool confirms, long *wait_ms);
 extern void of_amqp_disconnect(OfAmqp *a, bool graceful);
 extern void of_amqp_fail(OfAmqp *a, const char *fmt,...) pg_attribute_printf(2, 3);
+extern void of_amqp_set_error_class(OfAmqp *a, const char *fmt);
 extern bool of_amqp_settings_changed(OfAmqp *a);
 
 extern OfWait of_amqp_next_frame(OfAmqp *a, amqp_frame_t *frame, long timeout_ms);

@@ -58,6 +58,7 @@ of_amqp_rpc_ok(OfAmqp *a, const char *what)
 	if (r.reply_type == AMQP_RESPONSE_NORMAL)
 		return true;
 	of_amqp_reply_error(r, what, a->error, sizeof(a->error));
+	of_amqp_set_error_class(a, what);
 	return false;
 }
 

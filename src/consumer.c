@@ -320,7 +320,7 @@ ordflow_consumer_main(Datum main_arg)
 		if (!of_amqp_ensure_connected(&a, false, &wait_ms))
 		{
 			of_slot_set_connected(slot, false);
-			of_slot_set_error(slot, a.error);
+			of_slot_set_error(slot, a.error, a.error_class);
 			of_slot_set_state(slot, "waiting to reconnect to the broker");
 			of_worker_wait(wait_ms);
 			continue;
@@ -331,7 +331,7 @@ ordflow_consumer_main(Datum main_arg)
 			if (!start_consuming(&a))
 			{
 				/* e.g. an exclusive consumer elsewhere: do not hammer the broker */
-				of_slot_set_error(slot, a.error);
+				of_slot_set_error(slot, a.error, a.error_class);
 				of_worker_wait(1000);
 				continue;
 			}

@@ -15,9 +15,11 @@
 #include <math.h>
 
 #include "access/xact.h"
+#include "catalog/pg_authid.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
@@ -189,7 +191,10 @@ ordflow_status(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	OfWorkerSlot *copy;
 	int			i;
+	bool		see_details;
 
+	/* Host names, ports and file paths are for those who may see settings. */
+	see_details = has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_SETTINGS);
 	InitMaterializedSRF(fcinfo, 0);
 
 	if (OfState == NULL)
@@ -203,8 +208,8 @@ ordflow_status(PG_FUNCTION_ARGS)
 	for (i = 0; i < OF_NUM_SLOTS; i++)
 	{
 		OfWorkerSlot *s = &copy[i];
-		Datum		values[7];
-		bool		nulls[7] = {false};
+		Datum		values[8];
+		bool		nulls[8] = {false};
 		char		namebuf[32];
 
 		if (s->pid == 0)
@@ -217,10 +222,16 @@ ordflow_status(PG_FUNCTION_ARGS)
 		values[4] = TimestampTzGetDatum(s->since);
 		values[5] = Int64GetDatum((int64) s->processed);
 		s->last_error[OF_ERROR_LEN - 1] = '\0';
+		s->error_class[OF_STATE_LEN - 1] = '\0';
+		s->node[OF_NODE_LEN - 1] = '\0';
 		if (s->last_error[0] == '\0')
 			nulls[6] = true;
 		else
-			values[6] = CStringGetTextDatum(s->last_error);
+			values[6] = CStringGetTextDatum(see_details ? s->last_error : s->error_class);
+		if (s->node[0] == '\0' || !see_details)
+			nulls[7] = true;
+		else
+			values[7] = CStringGetTextDatum(s->node);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	PG_RETURN_VOID();

@@ -37,6 +37,17 @@ extern char *ordflow_amqp_tls_cert_file;
 extern char *ordflow_amqp_tls_key_file;
 extern bool ordflow_amqp_tls_verify;
 extern int	ordflow_event_retention;	/* minutes; 0 keeps everything */
+extern char *ordflow_user_events_role;	/* '' refuses broker user events */
+extern int	ordflow_max_message_size;	/* bytes */
+extern int	ordflow_batch_max_bytes;	/* bytes */
+extern int	ordflow_dead_letter_retention;	/* seconds; 0 keeps everything */
+extern int	ordflow_node_id;		/* 0..OF_MAX_NODE_ID */
+
+/* Highest ordflow.node_id: ids are node_id << 48 plus a per-node sequence. */
+#define OF_MAX_NODE_ID		1023
+#define OF_NODE_ID_SHIFT	48
+/* A dead letter keeps at most this much of an oversized message. */
+#define OF_DEAD_LETTER_KEEP	65536
 
 /* Upper bound of ordflow.consumers; sizes shared memory. */
 #define OF_MAX_CONSUMERS	32
@@ -65,6 +76,7 @@ typedef enum OfWorkerKind
 
 #define OF_STATE_LEN		64
 #define OF_ERROR_LEN		256
+#define OF_NODE_LEN			128
 
 typedef struct OfWorkerSlot
 {
@@ -77,6 +89,8 @@ typedef struct OfWorkerSlot
 	char		state[OF_STATE_LEN];
 	uint64		processed;		/* messages handled (published/consumed/made) */
 	char		last_error[OF_ERROR_LEN];
+	char		error_class[OF_STATE_LEN];	/* last_error without host, port or path */
+	char		node[OF_NODE_LEN];	/* broker host:port connected to, or "" */
 } OfWorkerSlot;
 
 typedef struct OfShared
@@ -94,7 +108,6 @@ typedef struct OfShared
 
 extern OfShared *OfState;
 
-extern void of_shmem_request(void);
 extern void of_shmem_startup(void);
 extern Size of_shmem_size(void);
 
@@ -102,7 +115,9 @@ extern Size of_shmem_size(void);
 extern OfWorkerSlot *of_slot_attach(int slotno, OfWorkerKind kind, int index);
 extern void of_slot_set_state(OfWorkerSlot *slot, const char *state);
 extern void of_slot_set_connected(OfWorkerSlot *slot, bool connected);
-extern void of_slot_set_error(OfWorkerSlot *slot, const char *error);
+extern void of_slot_set_error(OfWorkerSlot *slot, const char *error,
+							  const char *error_class);
+extern void of_slot_set_node(OfWorkerSlot *slot, const char *node);
 extern void of_slot_add_processed(OfWorkerSlot *slot, uint64 n);
 extern void of_wake_slot(int slotno);
 

@@ -151,7 +151,7 @@ publish_batch(OfAmqp *a, OfWorkerSlot *slot, bool *missing)
 		if (a->nacked)
 			of_amqp_fail(a, "the broker refused (nacked) a published message");
 		AbortCurrentTransaction();
-		of_slot_set_error(slot, a->error);
+		of_slot_set_error(slot, a->error, a->error_class);
 		return -1;
 	}
 	of_commit_tx();
@@ -190,7 +190,7 @@ ordflow_relay_main(Datum main_arg)
 		if (!of_amqp_ensure_connected(&a, true, &wait_ms))
 		{
 			of_slot_set_connected(slot, false);
-			of_slot_set_error(slot, a.error);
+			of_slot_set_error(slot, a.error, a.error_class);
 			of_slot_set_state(slot, "waiting to reconnect to the broker");
 			MemoryContextSwitchTo(oldcxt);
 			of_worker_wait(wait_ms);

@@ -87,6 +87,8 @@ of_slot_attach(int slotno, OfWorkerKind kind, int index)
 	strlcpy(slot->state, "starting", OF_STATE_LEN);
 	slot->processed = 0;
 	slot->last_error[0] = '\0';
+	slot->error_class[0] = '\0';
+	slot->node[0] = '\0';
 	SpinLockRelease(&OfState->mutex);
 
 	MySlot = slot;
@@ -113,11 +115,26 @@ of_slot_set_connected(OfWorkerSlot *slot, bool connected)
 	SpinLockRelease(&OfState->mutex);
 }
 
+/*
+ * error_class is what roles without pg_read_all_settings see in status():
+ * the error without host names, ports or file paths.  NULL: the error
+ * itself holds none.
+ */
 void
-of_slot_set_error(OfWorkerSlot *slot, const char *error)
+of_slot_set_error(OfWorkerSlot *slot, const char *error, const char *error_class)
 {
 	SpinLockAcquire(&OfState->mutex);
 	strlcpy(slot->last_error, error ? error : "", OF_ERROR_LEN);
+	strlcpy(slot->error_class, error_class ? error_class : (error ? error : ""),
+			OF_STATE_LEN);
+	SpinLockRelease(&OfState->mutex);
+}
+
+void
+of_slot_set_node(OfWorkerSlot *slot, const char *node)
+{
+	SpinLockAcquire(&OfState->mutex);
+	strlcpy(slot->node, node ? node : "", OF_NODE_LEN);
 	SpinLockRelease(&OfState->mutex);
 }
 

@@ -39,6 +39,7 @@ typedef struct Child
 } Child;
 
 static Child children[OF_NUM_SLOTS];
+static bool old_version_logged = false;
 
 static const char *
 child_function(int slotno)
@@ -230,11 +231,13 @@ static bool
 check_database(OfWorkerSlot *slot, TimestampTz *last_retention, bool was_present)
 {
 	volatile bool present = was_present;
+	volatile OfExtensionState state = OF_EXT_MISSING;
 
 	PG_TRY();
 	{
 		of_begin_tx("ordflow supervisor: checking the extension");
-		present = of_extension_exists();
+		state = of_extension_state();
+		present = state == OF_EXT_READY;
 		if (present)
 		{
 			load_generator_state();
@@ -252,6 +255,14 @@ check_database(OfWorkerSlot *slot, TimestampTz *last_retention, bool was_present
 		of_report_error(slot, "supervisor");
 	}
 	PG_END_TRY();
+
+	/* New library, old schema: say once what the pipeline waits for. */
+	if (state == OF_EXT_OLD_VERSION && !old_version_logged)
+		ereport(LOG,
+				(errmsg("ordflow: the extension in database \"%s\" is older than this library (%s)",
+						ordflow_database, OF_SCHEMA_VERSION),
+				 errhint("Run ALTER EXTENSION ordflow UPDATE; the pipeline waits until then.")));
+	old_version_logged = state == OF_EXT_OLD_VERSION;
 	return present;
 }
 

@@ -9,7 +9,14 @@
 #include "postgres.h"
 
 #include "access/xact.h"
-#include "commands/extension.h"
+#include "access/xlog.h"
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -74,11 +81,43 @@ of_worker_interrupts(void)
 	}
 }
 
-/* Must be called inside a transaction. */
+/*
+ * Is the extension installed, at the version this library was built for?
+ * Until ALTER EXTENSION ordflow UPDATE, an older schema lacks what the
+ * workers use, so they wait as if it were missing.  In a transaction.
+ */
+OfExtensionState
+of_extension_state(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	OfExtensionState state = OF_EXT_MISSING;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("ordflow"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		v = heap_getattr(tup, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		state = !isnull && strcmp(TextDatumGetCString(v), OF_SCHEMA_VERSION) == 0 ?
+			OF_EXT_READY : OF_EXT_OLD_VERSION;
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return state;
+}
+
 bool
 of_extension_exists(void)
 {
-	return OidIsValid(get_extension_oid("ordflow", true));
+	return of_extension_state() == OF_EXT_READY;
 }
 
 void
@@ -99,6 +138,22 @@ of_commit_tx(void)
 	CommitTransactionCommand();
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * The x-ordflow-origin of the messages this database publishes: the
+ * cluster's system identifier and the database oid, which together tell
+ * this database from every other one sharing the broker.
+ */
+const char *
+of_message_origin(void)
+{
+	static char origin[48];
+
+	if (origin[0] == '\0')
+		snprintf(origin, sizeof(origin), UINT64_FORMAT "/%u",
+				 GetSystemIdentifier(), MyDatabaseId);
+	return origin;
 }
 
 /* Sleep on the latch; interrupts are checked by the caller's loop. */
@@ -147,7 +202,13 @@ of_report_error(OfWorkerSlot *slot, const char *context)
 	}
 	else
 		elog(DEBUG1, "ordflow %s: %s", context, edata->message);
-	of_slot_set_error(slot, edata->message);
+	{
+		char		error_class[32];
+
+		snprintf(error_class, sizeof(error_class), "database error %s",
+				 unpack_sql_state(edata->sqlerrcode));
+		of_slot_set_error(slot, edata->message, error_class);
+	}
 	FreeErrorData(edata);
 	AbortCurrentTransaction();
 	pgstat_report_activity(STATE_IDLE, NULL);
