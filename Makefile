@@ -15,6 +15,7 @@ OBJS = \
 	src/consumer.o \
 	src/order_processing.o \
 	src/message_batch.o \
+	src/message_reader.o \
 	src/metrics.o \
 	src/spi_util.o \
 	src/worker_common.o

@@ -101,3 +101,75 @@ RETURNS TABLE(worker text, pid int, state text, connected boolean,
 LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'ordflow_status';
+
+-- ---------------------------------------------------------------------------
+-- update_users('{}', ...) is refused like delete_users('{}')
+-- ---------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION ordflow.update_users(conditions jsonb, new_values jsonb)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c      record;
+	nv     record;
+	cvals  ordflow.users;
+	nvals  ordflow.users;
+	uids   bigint[];
+	bad    ordflow.users;
+	n      bigint;
+BEGIN
+	c := ordflow._user_conditions(conditions);
+	-- As for delete_users(): an event with an empty condition must not
+	-- rewrite every user.
+	IF conditions = '{}'::jsonb THEN
+		RAISE EXCEPTION 'update_users refuses empty conditions'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Name the users to change, e.g. {"uid": 42}.';
+	END IF;
+	nv := ordflow._user_new_values(new_values);
+	cvals := c.vals;
+	nvals := nv.vals;
+
+	-- Lock in uid order, like every other multi-row writer, so concurrent
+	-- callers and the consumers cannot deadlock.
+	EXECUTE format('SELECT array_agg(s.uid) FROM (SELECT uid FROM ordflow.users'
+				   ' WHERE %s ORDER BY uid FOR UPDATE) AS s', c.clause)
+		INTO uids USING cvals;
+	IF uids IS NULL THEN
+		RETURN 0;
+	END IF;
+
+	-- Name the first user the change would push out of 0..credit_limit.
+	SELECT u.* INTO bad
+	  FROM ordflow.users AS u
+	 WHERE u.uid = ANY (uids)
+	   AND NOT (coalesce(nvals.credit_balance, u.credit_balance)
+				<= coalesce(nvals.credit_limit, u.credit_limit))
+	 ORDER BY u.uid
+	 LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'credit_balance % would exceed credit_limit % for user %',
+			ordflow._brief(coalesce(nvals.credit_balance, bad.credit_balance)::text),
+			ordflow._brief(coalesce(nvals.credit_limit, bad.credit_limit)::text), bad.uid
+			USING ERRCODE = 'check_violation',
+				  HINT = 'credit_balance must be between 0 and credit_limit.';
+	END IF;
+
+	EXECUTE format('UPDATE ordflow.users SET %s, updated_at = now()'
+				   ' WHERE uid = ANY ($2)', nv.set_list)
+		USING nvals, uids;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+
+-- ---------------------------------------------------------------------------
+-- place_order() runs with the owner's rights: GRANT EXECUTE is all a role
+-- needs to place orders, and it no longer needs (or gets) any right on the
+-- tables it writes.
+-- ---------------------------------------------------------------------------
+
+ALTER FUNCTION ordflow.place_order(bigint, numeric, text, int) SECURITY DEFINER;
+REVOKE ALL ON FUNCTION ordflow.place_order(bigint, numeric, text, int) FROM PUBLIC;

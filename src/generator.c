@@ -85,8 +85,11 @@ refresh_users(void)
 	users_loaded_at = GetCurrentTimestamp();
 }
 
-/* Make n orders in the current transaction. */
-static void
+/*
+ * Make n orders in the current transaction; returns how many were inserted
+ * (an id an outside producer took is skipped, not counted).
+ */
+static uint64
 make_orders(int n)
 {
 	static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
@@ -137,6 +140,7 @@ make_orders(int n)
 
 	of_run_plan(&insert_plan, insert_orders_sql, 3, insert_orders_types, args, NULL,
 				SPI_OK_INSERT);
+	return SPI_processed;
 }
 
 /*
@@ -162,35 +166,22 @@ throttled(OfWorkerSlot *slot)
 	return true;
 }
 
-/* One transaction making n orders; false if it failed (already logged). */
-static bool
-generate(OfWorkerSlot *slot, MemoryContext cxt, int n, bool *missing)
+typedef struct GenerateWork
 {
-	volatile bool ok = true;
+	int			requested;
+	uint64		inserted;
+	bool		missing;		/* the extension was dropped */
+} GenerateWork;
 
-	PG_TRY();
-	{
-		of_begin_tx("ordflow generator: making orders");
-		if (of_extension_exists())
-		{
-			MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+static void
+generate_tx(void *arg)
+{
+	GenerateWork *w = arg;
 
-			make_orders(n);
-			MemoryContextSwitchTo(oldcxt);
-		}
-		else
-			*missing = true;
-		of_commit_tx();
-	}
-	PG_CATCH();
-	{
-		of_report_error(slot, "generator");
-		ok = false;
-	}
-	PG_END_TRY();
-	if (!ok)
-		of_worker_wait(1000);
-	return ok && !*missing;
+	if (of_extension_exists())
+		w->inserted = make_orders(w->requested);
+	else
+		w->missing = true;
 }
 
 void
@@ -261,25 +252,30 @@ ordflow_generator_main(Datum main_arg)
 		n = (int) Min(tokens, (double) GEN_MAX_BATCH);
 		if (n >= 1)
 		{
-			bool		missing = false;
-			bool		ok;
+			GenerateWork w = {n, 0, false};
+			MemoryContext oldcxt;
+			ErrorData  *err;
 
 			of_slot_set_state(slot, "generating");
-			ok = generate(slot, loop_cxt, n, &missing);
-			if (!ok)
-				tokens = 0.0;
+			oldcxt = MemoryContextSwitchTo(loop_cxt);
+			err = of_run_in_tx(slot, "ordflow generator: making orders", generate_tx, &w);
+			MemoryContextSwitchTo(oldcxt);
 			/* Extension dropped: leave quietly; the supervisor decides. */
-			if (missing)
+			if (w.missing)
 				proc_exit(0);
-			if (ok)
+			if (err != NULL)
 			{
-				tokens -= n;
-				of_slot_add_processed(slot, n);
-				SpinLockAcquire(&OfState->mutex);
-				OfState->orders_generated += n;
-				SpinLockRelease(&OfState->mutex);
-				of_wake_slot(OF_SLOT_RELAY);
+				tokens = 0.0;
+				of_worker_wait(1000);
+				continue;
 			}
+			tokens -= n;
+			/* back-pressure counts only the orders that exist */
+			of_slot_add_processed(slot, w.inserted);
+			SpinLockAcquire(&OfState->mutex);
+			OfState->orders_generated += w.inserted;
+			SpinLockRelease(&OfState->mutex);
+			of_wake_slot(OF_SLOT_RELAY);
 		}
 
 		/* Sleep until the next whole token, but not less than a tick. */

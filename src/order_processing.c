@@ -115,11 +115,11 @@ static const char *plan_sql[NUM_PLANS] = {
 
 static const int plan_nargs[NUM_PLANS] = {6, 1, 1, 10, 7};
 static const Oid plan_types[NUM_PLANS][10] = {
-	{INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, NUMERICARRAYOID_, TIMESTAMPTZARRAYOID_},
+	{INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, NUMERICARRAYOID, TIMESTAMPTZARRAYOID},
 	{INT8ARRAYOID},
 	{INT8ARRAYOID},
-	{INT8ARRAYOID, TEXTARRAYOID, NUMERICARRAYOID_, TEXTARRAYOID, INT8ARRAYOID, NUMERICARRAYOID_,
-	TIMESTAMPTZOID, INT8ARRAYOID, NUMERICARRAYOID_, TIDARRAYOID_},
+	{INT8ARRAYOID, TEXTARRAYOID, NUMERICARRAYOID, TEXTARRAYOID, INT8ARRAYOID, NUMERICARRAYOID,
+	TIMESTAMPTZOID, INT8ARRAYOID, NUMERICARRAYOID, TIDARRAYOID},
 	{INT4OID, INT8OID, INT8OID, INT8OID, NUMERICOID, INT8ARRAYOID, TIMESTAMPTZOID}
 };
 
@@ -247,52 +247,50 @@ price_of(OfOrderMsg *o)
 static void
 insert_external(Slot *slots, int n)
 {
-	ArrBuild	ids,
-				uids,
-				syms,
-				qtys,
-				amts,
-				times;
+	ArrayBuildState *ids,
+			   *uids,
+			   *syms,
+			   *qtys,
+			   *amts,
+			   *times;
 	Datum		values[6];
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	TimestampTz now = GetCurrentTimestamp();
 	int			count = 0;
 
-	arr_init(&ids, n);
-	arr_init(&uids, n);
-	arr_init(&syms, n);
-	arr_init(&qtys, n);
-	arr_init(&amts, n);
-	arr_init(&times, n);
+	ids = of_array_new(INT8OID);
+	uids = of_array_new(INT8OID);
+	syms = of_array_new(TEXTOID);
+	qtys = of_array_new(INT4OID);
+	amts = of_array_new(NUMERICOID);
+	times = of_array_new(TIMESTAMPTZOID);
 	for (int i = 0; i < n; i++)
 	{
 		OfOrderMsg *o = &slots[i].m->order;
 
-		if (slots[i].m->from_outbox)
+		if (slots[i].m->own)
 			continue;
 		if (i > 0 && slots[i - 1].m->order.order_id == o->order_id)
 			continue;
-		arr_add(&ids, Int64GetDatum(o->order_id), false);
-		arr_add(&uids, Int64GetDatum(o->uid), !o->has_uid);
-		arr_add(&syms, o->has_symbol ?
+		of_array_add(ids, Int64GetDatum(o->order_id), false);
+		of_array_add(uids, Int64GetDatum(o->uid), !o->has_uid);
+		of_array_add(syms, o->has_symbol ?
 				CStringGetTextDatum(pg_any_to_server(o->symbol, strlen(o->symbol), PG_UTF8)) : 0,
 				!o->has_symbol);
-		arr_add(&qtys, Int32GetDatum(o->quantity), !o->has_quantity);
-		arr_add(&amts, o->has_amount ? numeric_from_text(o->amount) : 0, !o->has_amount);
-		arr_add(&times, o->has_created_at ?
-				DirectFunctionCall3(timestamptz_in, CStringGetDatum(o->created_at),
-									ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)) :
-				TimestampTzGetDatum(now), false);
+		of_array_add(qtys, Int32GetDatum(o->quantity), !o->has_quantity);
+		of_array_add(amts, o->has_amount ? numeric_from_text(o->amount) : 0, !o->has_amount);
+		of_array_add(times, TimestampTzGetDatum(o->has_created_at ? slots[i].m->created_at : now),
+					 false);
 		count++;
 	}
 	if (count == 0)
 		return;
-	values[0] = arr_make(&ids, INT8OID);
-	values[1] = arr_make(&uids, INT8OID);
-	values[2] = arr_make(&syms, TEXTOID);
-	values[3] = arr_make(&qtys, INT4OID);
-	values[4] = arr_make(&amts, NUMERICOID);
-	values[5] = arr_make(&times, TIMESTAMPTZOID);
+	values[0] = of_array_done(ids);
+	values[1] = of_array_done(uids);
+	values[2] = of_array_done(syms);
+	values[3] = of_array_done(qtys);
+	values[4] = of_array_done(amts);
+	values[5] = of_array_done(times);
 	run_plan(PLAN_INSERT_EXTERNAL, values, nulls, SPI_OK_INSERT);
 }
 
@@ -304,7 +302,7 @@ process_orders(void *arg)
 	Slot	   *slots = palloc0(sizeof(Slot) * n);
 	Slot	  **todo = palloc(sizeof(Slot *) * n);
 	int			ntodo = 0;
-	ArrBuild	ids;
+	ArrayBuildState *ids;
 	Datum		values[10];
 	char		nulls[10] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	SPITupleTable *rows;
@@ -316,15 +314,15 @@ process_orders(void *arg)
 	Datum	   *balances = NULL;
 	bool	   *balance_found = NULL;
 	bool	   *balance_changed = NULL;
-	ArrBuild	a_id,
-				a_status,
-				a_price,
-				a_notes,
-				a_uid,
-				a_evamt,
-				a_tid,
-				u_id,
-				u_bal;
+	ArrayBuildState *a_id,
+			   *a_status,
+			   *a_price,
+			   *a_notes,
+			   *a_uid,
+			   *a_evamt,
+			   *a_tid,
+			   *u_id,
+			   *u_bal;
 
 	for (int i = 0; i < n; i++)
 	{
@@ -338,11 +336,11 @@ process_orders(void *arg)
 	insert_external(slots, n);
 
 	/* 2. Lock every order of the batch, in order_id order. */
-	arr_init(&ids, n);
+	ids = of_array_new(INT8OID);
 	for (int i = 0; i < n; i++)
 		if (i == 0 || slots[i - 1].m->order.order_id != slots[i].m->order.order_id)
-			arr_add(&ids, Int64GetDatum(slots[i].m->order.order_id), false);
-	values[0] = arr_make(&ids, INT8OID);
+			of_array_add(ids, Int64GetDatum(slots[i].m->order.order_id), false);
+	values[0] = of_array_done(ids);
 	run_plan(PLAN_LOCK_ORDERS, values, nulls, SPI_OK_SELECT);
 	rows = SPI_tuptable;
 	nrows = SPI_processed;
@@ -381,13 +379,11 @@ process_orders(void *arg)
 		{
 			/* a second copy within this batch */
 			s->m->outcome = OF_OUT_DUPLICATE;
-			w->stats->duplicates++;
 			continue;
 		}
 		if (strcmp(TextDatumGetCString(SPI_getbinval(tup, rows->tupdesc, 6, &isnull)), "initialised") != 0)
 		{
 			s->m->outcome = OF_OUT_DUPLICATE;
-			w->stats->duplicates++;
 			continue;
 		}
 		s->found = true;
@@ -429,10 +425,10 @@ process_orders(void *arg)
 			if (i == 0 || uids[i] != uids[k - 1])
 				uids[k++] = uids[i];
 		nuids = k;
-		arr_init(&ids, nuids);
+		ids = of_array_new(INT8OID);
 		for (int i = 0; i < nuids; i++)
-			arr_add(&ids, Int64GetDatum(uids[i]), false);
-		values[0] = arr_make(&ids, INT8OID);
+			of_array_add(ids, Int64GetDatum(uids[i]), false);
+		values[0] = of_array_done(ids);
 		run_plan(PLAN_LOCK_USERS, values, nulls, SPI_OK_SELECT);
 		balances = palloc0(sizeof(Datum) * nuids);
 		balance_found = palloc0(sizeof(bool) * nuids);
@@ -455,13 +451,13 @@ process_orders(void *arg)
 
 	/* 5. Decide. */
 	w->processed_at = GetCurrentTimestamp();
-	arr_init(&a_id, ntodo);
-	arr_init(&a_status, ntodo);
-	arr_init(&a_price, ntodo);
-	arr_init(&a_notes, ntodo);
-	arr_init(&a_uid, ntodo);
-	arr_init(&a_evamt, ntodo);
-	arr_init(&a_tid, ntodo);
+	a_id = of_array_new(INT8OID);
+	a_status = of_array_new(TEXTOID);
+	a_price = of_array_new(NUMERICOID);
+	a_notes = of_array_new(TEXTOID);
+	a_uid = of_array_new(INT8OID);
+	a_evamt = of_array_new(NUMERICOID);
+	a_tid = of_array_new(TIDOID);
 	for (int i = 0; i < ntodo; i++)
 	{
 		OfMessage  *m = todo[i]->m;
@@ -493,23 +489,23 @@ process_orders(void *arg)
 			}
 		}
 
-		arr_add(&a_id, Int64GetDatum(o->order_id), false);
-		arr_add(&a_tid, PointerGetDatum(&todo[i]->tid), false);
-		arr_add(&a_status, CStringGetTextDatum(status), false);
-		arr_add(&a_notes, notes ? CStringGetTextDatum(notes) : 0, notes == NULL);
-		arr_add(&a_uid, Int64GetDatum(o->uid), !o->has_uid);
+		of_array_add(a_id, Int64GetDatum(o->order_id), false);
+		of_array_add(a_tid, PointerGetDatum(&todo[i]->tid), false);
+		of_array_add(a_status, CStringGetTextDatum(status), false);
+		of_array_add(a_notes, notes ? CStringGetTextDatum(notes) : 0, notes == NULL);
+		of_array_add(a_uid, Int64GetDatum(o->uid), !o->has_uid);
 		/* an unknown user's order has no price to speak of */
-		arr_add(&a_evamt, price, notes != NULL && strcmp(notes, "unknown user") == 0);
+		of_array_add(a_evamt, price, notes != NULL && strcmp(notes, "unknown user") == 0);
 		if (notes == NULL)
 		{
-			arr_add(&a_price, price, false);
+			of_array_add(a_price, price, false);
 			m->outcome = OF_OUT_COMPLETED;
 			w->completed++;
 			w->sum_price = DirectFunctionCall2(numeric_add, w->sum_price, price);
 		}
 		else
 		{
-			arr_add(&a_price, 0, true);
+			of_array_add(a_price, 0, true);
 			m->outcome = OF_OUT_DECLINED;
 			w->declined++;
 		}
@@ -520,25 +516,25 @@ process_orders(void *arg)
 	}
 
 	/* 6. Write back. */
-	arr_init(&u_id, Max(nuids, 1));
-	arr_init(&u_bal, Max(nuids, 1));
+	u_id = of_array_new(INT8OID);
+	u_bal = of_array_new(NUMERICOID);
 	for (int k = 0; k < nuids; k++)
 	{
 		if (!balance_changed[k])
 			continue;
-		arr_add(&u_id, Int64GetDatum(uids[k]), false);
-		arr_add(&u_bal, balances[k], false);
+		of_array_add(u_id, Int64GetDatum(uids[k]), false);
+		of_array_add(u_bal, balances[k], false);
 	}
-	values[0] = arr_make(&a_id, INT8OID);
-	values[1] = arr_make(&a_status, TEXTOID);
-	values[2] = arr_make(&a_price, NUMERICOID);
-	values[3] = arr_make(&a_notes, TEXTOID);
-	values[4] = arr_make(&a_uid, INT8OID);
-	values[5] = arr_make(&a_evamt, NUMERICOID);
+	values[0] = of_array_done(a_id);
+	values[1] = of_array_done(a_status);
+	values[2] = of_array_done(a_price);
+	values[3] = of_array_done(a_notes);
+	values[4] = of_array_done(a_uid);
+	values[5] = of_array_done(a_evamt);
 	values[6] = TimestampTzGetDatum(w->processed_at);
-	values[7] = arr_make(&u_id, INT8OID);
-	values[8] = arr_make(&u_bal, NUMERICOID);
-	values[9] = arr_make(&a_tid, TIDOID);
+	values[7] = of_array_done(u_id);
+	values[8] = of_array_done(u_bal);
+	values[9] = of_array_done(a_tid);
 	run_plan(PLAN_APPLY, values, nulls, SPI_OK_UPDATE);
 
 	/* 7. Metrics, in the same transaction. */
@@ -588,8 +584,6 @@ of_process_order_messages(OfMessage **orders, int n, int worker_no, OfBatchStats
 	err = of_run_in_subxact(process_orders, &w);
 	if (err == NULL)
 	{
-		stats->completed += w.completed;
-		stats->declined += w.declined;
 		stats->generated += w.generated;
 		return;
 	}
@@ -606,8 +600,6 @@ of_process_order_messages(OfMessage **orders, int n, int worker_no, OfBatchStats
 		err = of_run_in_subxact(process_orders, &w);
 		if (err == NULL)
 		{
-			stats->completed += w.completed;
-			stats->declined += w.declined;
 			stats->generated += w.generated;
 			continue;
 		}

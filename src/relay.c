@@ -215,7 +215,7 @@ ordflow_relay_main(Datum main_arg)
 		PG_CATCH();
 		{
 			of_amqp_watchdog_disarm();
-			of_report_error(slot, "relay");
+			(void) of_report_error(slot, loop_cxt);
 			n = -1;
 		}
 		PG_END_TRY();

@@ -16,10 +16,17 @@
 
 #include "spi_util.h"
 
+/*
+ * Every SPI call returns with CurrentMemoryContext set to SPI's procedure
+ * context, which SPI_finish() frees at commit.  Our callers keep what they
+ * allocate after a statement (replies, errors, outcomes) past the commit,
+ * so each helper here puts the caller's context back.
+ */
 void
 of_run_plan(SPIPlanPtr *plan, const char *sql, int nargs, const Oid *types,
 			Datum *values, const char *nulls, int expected)
 {
+	MemoryContext cxt = CurrentMemoryContext;
 	int			rc;
 
 	if (*plan == NULL)
@@ -32,50 +39,48 @@ of_run_plan(SPIPlanPtr *plan, const char *sql, int nargs, const Oid *types,
 		*plan = p;
 	}
 	rc = SPI_execute_plan(*plan, values, nulls, false, 0);
+	MemoryContextSwitchTo(cxt);
 	if (rc != expected)
 		elog(ERROR, "ordflow: unexpected SPI result %s", SPI_result_code_string(rc));
 }
 
-/* ---- small array builders (palloc in the current context) ---- */
-
+/* Run a one-off statement (no parameters, not kept). */
 void
-arr_init(ArrBuild *b, int cap)
+of_execute(const char *sql)
 {
-	b->values = palloc(sizeof(Datum) * Max(cap, 1));
-	b->nulls = palloc(sizeof(bool) * Max(cap, 1));
-	b->n = 0;
+	MemoryContext cxt = CurrentMemoryContext;
+	int			rc = SPI_execute(sql, false, 0);
+
+	MemoryContextSwitchTo(cxt);
+	if (rc < 0)
+		elog(ERROR, "ordflow: SPI_execute failed: %s", SPI_result_code_string(rc));
+}
+
+/* ---- array parameters, built with PostgreSQL's array builder ---- */
+
+ArrayBuildState *
+of_array_new(Oid elemtype)
+{
+	return initArrayResult(elemtype, CurrentMemoryContext, false);
 }
 
 void
-arr_add(ArrBuild *b, Datum v, bool isnull)
+of_array_add(ArrayBuildState *a, Datum v, bool isnull)
 {
-	b->values[b->n] = v;
-	b->nulls[b->n] = isnull;
-	b->n++;
-}
-
-Datum
-arr_make(ArrBuild *b, Oid elemtype)
-{
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-	int			dims[1] = {b->n};
-	int			lbs[1] = {1};
-
-	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
-	return PointerGetDatum(construct_md_array(b->values, b->nulls, 1, dims, lbs,
-											  elemtype, typlen, typbyval, typalign));
+	accumArrayResult(a, v, isnull, a->element_type, a->mcontext);
 }
 
 /* Append a text element; NULL pointer means SQL NULL. */
 void
-arr_add_text(ArrBuild *b, const char *s)
+of_array_add_text(ArrayBuildState *a, const char *s)
 {
-	if (s == NULL)
-		arr_add(b, (Datum) 0, true);
-	else
-		arr_add(b, CStringGetTextDatum(s), false);
+	of_array_add(a, s ? CStringGetTextDatum(s) : (Datum) 0, s == NULL);
+}
+
+Datum
+of_array_done(ArrayBuildState *a)
+{
+	return makeArrayResult(a, a->mcontext);
 }
 
 /* ---- errors ---- */

@@ -10,28 +10,20 @@
 #define ORDFLOW_SPI_UTIL_H
 
 #include "executor/spi.h"
+#include "utils/array.h"
 #include "utils/elog.h"
 
-#define NUMERICARRAYOID_ 1231	/* numeric[] */
-#define TIMESTAMPTZARRAYOID_ 1185	/* timestamptz[] */
-#define TIDARRAYOID_ 1010			/* tid[] */
-
 /* A one-dimensional array parameter under construction. */
-typedef struct ArrBuild
-{
-	Datum	   *values;
-	bool	   *nulls;
-	int			n;
-} ArrBuild;
-
-extern void arr_init(ArrBuild *b, int cap);
-extern void arr_add(ArrBuild *b, Datum v, bool isnull);
-extern void arr_add_text(ArrBuild *b, const char *s);
-extern Datum arr_make(ArrBuild *b, Oid elemtype);
+extern ArrayBuildState *of_array_new(Oid elemtype);
+extern void of_array_add(ArrayBuildState *a, Datum v, bool isnull);
+extern void of_array_add_text(ArrayBuildState *a, const char *s);
+extern Datum of_array_done(ArrayBuildState *a);
 
 /* Prepare (once, kept) and run a statement; ERROR unless it returns expected. */
 extern void of_run_plan(SPIPlanPtr *plan, const char *sql, int nargs, const Oid *types,
 						Datum *values, const char *nulls, int expected);
+
+extern void of_execute(const char *sql);
 
 typedef void (*SubxactFn) (void *arg);
 extern bool of_is_transient(int sqlerrcode);

@@ -22,6 +22,7 @@
 #include "utils/timestamp.h"
 
 #include "ordflow.h"
+#include "spi_util.h"
 #include "worker_common.h"
 
 #define SUPERVISOR_TICK_MS		1000
@@ -165,7 +166,7 @@ stop_child(int slotno)
 
 /* Copy the persisted generator state into shared memory once per start. */
 static void
-load_generator_state(void)
+load_generator_state(void *arg)
 {
 	bool		loaded;
 
@@ -196,65 +197,66 @@ load_generator_state(void)
 }
 
 /*
- * Delete events and metrics history older than ordflow.retention, a bounded
- * chunk per call so no transaction grows long.  Orders stay; their final
- * state is in the orders table.
+ * Delete what the retention settings let go, a bounded chunk per call so
+ * no transaction grows long: events, metrics history and the message ids
+ * of applied user events older than ordflow.retention, dead letters older
+ * than ordflow.dead_letter_retention.  Orders stay; their final state is in
+ * the orders table.
  */
 static void
-apply_retention(void)
+apply_retention(void *arg)
 {
-	char	   *sql;
-
-	if (ordflow_event_retention <= 0)
-		return;
-
-	/*
-	 * Events are appended in event_id order, so the old ones are among the
-	 * lowest ids: look at the 50,000 oldest only, never the whole table.
-	 */
-	sql = psprintf("DELETE FROM ordflow.order_events"
-				   " WHERE event_id <= (SELECT pg_catalog.max(o.event_id) FROM"
-				   "   (SELECT event_id, event_time FROM ordflow.order_events"
-				   "     ORDER BY event_id LIMIT 50000) AS o"
-				   "   WHERE o.event_time < pg_catalog.now() - pg_catalog.make_interval(mins => %d))"
-				   "   AND event_time < pg_catalog.now() - pg_catalog.make_interval(mins => %d)",
-				   ordflow_event_retention, ordflow_event_retention);
-	SPI_execute(sql, false, 0);
-	sql = psprintf("DELETE FROM ordflow.metrics_minute"
-				   " WHERE minute < pg_catalog.now() - pg_catalog.make_interval(mins => %d)",
-				   ordflow_event_retention);
-	SPI_execute(sql, false, 0);
+	pgstat_report_activity(STATE_RUNNING, "ordflow supervisor: applying retention");
+	if (ordflow_event_retention > 0)
+	{
+		/*
+		 * Events are appended in event_id order, so the old ones are among
+		 * the lowest ids: look at the 50,000 oldest only, never the whole
+		 * table.  (created_at in the future is refused, so no event dated
+		 * ahead can pin this window.)
+		 */
+		of_execute(psprintf("DELETE FROM ordflow.order_events"
+							" WHERE event_id <= (SELECT pg_catalog.max(o.event_id) FROM"
+							"   (SELECT event_id, event_time FROM ordflow.order_events"
+							"     ORDER BY event_id LIMIT 50000) AS o"
+							"   WHERE o.event_time < pg_catalog.now() - pg_catalog.make_interval(mins => %d))"
+							"   AND event_time < pg_catalog.now() - pg_catalog.make_interval(mins => %d)",
+							ordflow_event_retention, ordflow_event_retention));
+		of_execute(psprintf("DELETE FROM ordflow.metrics_minute"
+							" WHERE minute < pg_catalog.now() - pg_catalog.make_interval(mins => %d)",
+							ordflow_event_retention));
+		of_execute(psprintf("DELETE FROM ordflow.applied_user_events WHERE message_id = ANY (ARRAY("
+							"  SELECT message_id FROM ordflow.applied_user_events"
+							"   WHERE applied_at < pg_catalog.now() - pg_catalog.make_interval(mins => %d)"
+							"   ORDER BY applied_at LIMIT 50000))",
+							ordflow_event_retention));
+	}
+	if (ordflow_dead_letter_retention > 0)
+		of_execute(psprintf("DELETE FROM ordflow.dead_letters_raw WHERE id = ANY (ARRAY("
+							"  SELECT id FROM ordflow.dead_letters_raw"
+							"   WHERE received_at < pg_catalog.now() - pg_catalog.make_interval(secs => %d)"
+							"   ORDER BY received_at LIMIT 50000))",
+							ordflow_dead_letter_retention));
 }
 
-/* Is the extension there?  Also loads state and applies retention. */
-static bool
-check_database(OfWorkerSlot *slot, TimestampTz *last_retention, bool was_present)
+static void
+read_extension_state(void *arg)
 {
-	volatile bool present = was_present;
-	volatile OfExtensionState state = OF_EXT_MISSING;
+	*(OfExtensionState *) arg = of_extension_state();
+}
 
-	PG_TRY();
-	{
-		of_begin_tx("ordflow supervisor: checking the extension");
-		state = of_extension_state();
-		present = state == OF_EXT_READY;
-		if (present)
-		{
-			load_generator_state();
-			if (TimestampDifferenceExceeds(*last_retention, GetCurrentTimestamp(), 60000))
-			{
-				pgstat_report_activity(STATE_RUNNING, "ordflow supervisor: applying ordflow.retention");
-				apply_retention();
-				*last_retention = GetCurrentTimestamp();
-			}
-		}
-		of_commit_tx();
-	}
-	PG_CATCH();
-	{
-		of_report_error(slot, "supervisor");
-	}
-	PG_END_TRY();
+/*
+ * Is the extension there, at our version?  An error reading the catalog
+ * (already logged) keeps the previous answer.
+ */
+static bool
+check_extension(OfWorkerSlot *slot, bool was_present)
+{
+	OfExtensionState state = OF_EXT_MISSING;
+
+	if (of_run_in_tx(slot, "ordflow supervisor: checking the extension",
+					 read_extension_state, &state) != NULL)
+		return was_present;
 
 	/* New library, old schema: say once what the pipeline waits for. */
 	if (state == OF_EXT_OLD_VERSION && !old_version_logged)
@@ -263,27 +265,42 @@ check_database(OfWorkerSlot *slot, TimestampTz *last_retention, bool was_present
 						ordflow_database, OF_SCHEMA_VERSION),
 				 errhint("Run ALTER EXTENSION ordflow UPDATE; the pipeline waits until then.")));
 	old_version_logged = state == OF_EXT_OLD_VERSION;
-	return present;
+	return state == OF_EXT_READY;
 }
 
 void
 ordflow_supervisor_main(Datum main_arg)
 {
 	TimestampTz last_retention = 0;
-
 	OfWorkerSlot *slot;
 	bool		was_present = false;
+	MemoryContext loop_cxt;
 
 	slot = of_worker_start(OF_SLOT_SUPERVISOR, OF_WORKER_SUPERVISOR, 0);
 	of_slot_set_state(slot, "starting");
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "ordflow supervisor loop",
+									 ALLOCSET_DEFAULT_SIZES);
 
 	while (true)
 	{
 		bool		present;
 
 		of_worker_interrupts();
+		MemoryContextReset(loop_cxt);
+		MemoryContextSwitchTo(loop_cxt);
 
-		present = check_database(slot, &last_retention, was_present);
+		present = check_extension(slot, was_present);
+		if (present)
+		{
+			(void) of_run_in_tx(slot, "ordflow supervisor: loading the generator state",
+								load_generator_state, NULL);
+			if (TimestampDifferenceExceeds(last_retention, GetCurrentTimestamp(), 60000))
+			{
+				(void) of_run_in_tx(slot, "ordflow supervisor: applying retention",
+									apply_retention, NULL);
+				last_retention = GetCurrentTimestamp();
+			}
+		}
 
 		if (present)
 		{

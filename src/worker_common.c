@@ -169,47 +169,72 @@ of_worker_wait(long timeout_ms)
 }
 
 /*
- * After an ERROR escaped a worker's iteration: log it, remember it in the
- * slot, and clean up so the loop can go on.  Called in a PG_CATCH block.
+ * After an ERROR escaped a worker's transaction: log it with everything it
+ * carries (SQLSTATE, detail, hint, context), as core's apply worker does,
+ * remember it in the slot, and leave no transaction behind.  A persistent
+ * error repeats on every retry, so it is logged when it changes or once a
+ * minute.  Returns a copy in the caller's memory context.  Called in a
+ * PG_CATCH block.
  */
-void
-of_report_error(OfWorkerSlot *slot, const char *context)
+ErrorData *
+of_report_error(OfWorkerSlot *slot, MemoryContext cxt)
 {
 	static char *last_logged = NULL;
 	static TimestampTz last_logged_at = 0;
-
 	ErrorData  *edata;
-	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	char		error_class[32];
+	bool		repeated;
 
+	HOLD_INTERRUPTS();
+	MemoryContextSwitchTo(cxt);
 	edata = CopyErrorData();
-	MemoryContextSwitchTo(oldcxt);
-	FlushErrorState();
-
-	/*
-	 * A persistent error repeats on every retry; log it when it changes or
-	 * once a minute, not every time.
-	 */
-	if (last_logged == NULL || strcmp(last_logged, edata->message) != 0 ||
-		TimestampDifferenceExceeds(last_logged_at, GetCurrentTimestamp(), 60000))
+	repeated = last_logged != NULL && strcmp(last_logged, edata->message) == 0 &&
+		!TimestampDifferenceExceeds(last_logged_at, GetCurrentTimestamp(), 60000);
+	if (!repeated)
 	{
-		ereport(LOG,
-				(errmsg("ordflow %s: %s", context, edata->message),
-				 edata->detail ? errdetail_internal("%s", edata->detail) : 0));
+		EmitErrorReport();
 		if (last_logged)
 			pfree(last_logged);
 		last_logged = MemoryContextStrdup(TopMemoryContext, edata->message);
 		last_logged_at = GetCurrentTimestamp();
 	}
-	else
-		elog(DEBUG1, "ordflow %s: %s", context, edata->message);
-	{
-		char		error_class[32];
+	AbortOutOfAnyTransaction();
+	FlushErrorState();
+	MemoryContextSwitchTo(cxt);
+	RESUME_INTERRUPTS();
 
-		snprintf(error_class, sizeof(error_class), "database error %s",
-				 unpack_sql_state(edata->sqlerrcode));
-		of_slot_set_error(slot, edata->message, error_class);
-	}
-	FreeErrorData(edata);
-	AbortCurrentTransaction();
+	if (repeated)
+		elog(DEBUG1, "ordflow: %s", edata->message);
+	snprintf(error_class, sizeof(error_class), "database error %s",
+			 unpack_sql_state(edata->sqlerrcode));
+	of_slot_set_error(slot, edata->message, error_class);
 	pgstat_report_activity(STATE_IDLE, NULL);
+	return edata;
+}
+
+/*
+ * Run fn(arg) in a transaction of its own, SPI connected, in the caller's
+ * memory context.  Returns NULL when it committed, else the error (already
+ * logged and rolled back), allocated in the caller's context.
+ */
+ErrorData *
+of_run_in_tx(OfWorkerSlot *slot, const char *activity, OfTxFn fn, void *arg)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ErrorData  *volatile edata = NULL;
+
+	PG_TRY();
+	{
+		of_begin_tx(activity);
+		MemoryContextSwitchTo(cxt);
+		fn(arg);
+		of_commit_tx();
+		MemoryContextSwitchTo(cxt);
+	}
+	PG_CATCH();
+	{
+		edata = of_report_error(slot, cxt);
+	}
+	PG_END_TRY();
+	return edata;
 }

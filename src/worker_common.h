@@ -27,7 +27,11 @@ extern bool of_extension_exists(void);
 extern void of_begin_tx(const char *activity);
 extern void of_commit_tx(void);
 extern void of_worker_wait(long timeout_ms);
-extern void of_report_error(OfWorkerSlot *slot, const char *context);
+extern ErrorData *of_report_error(OfWorkerSlot *slot, MemoryContext cxt);
+
+typedef void (*OfTxFn) (void *arg);
+extern ErrorData *of_run_in_tx(OfWorkerSlot *slot, const char *activity,
+							   OfTxFn fn, void *arg);
 extern const char *of_message_origin(void);
 
 #endif							/* ORDFLOW_WORKER_COMMON_H */
