@@ -173,3 +173,33 @@ $$;
 
 ALTER FUNCTION ordflow.place_order(bigint, numeric, text, int) SECURITY DEFINER;
 REVOKE ALL ON FUNCTION ordflow.place_order(bigint, numeric, text, int) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- truncate(): dead letters now live in dead_letters_raw; the message ids of
+-- applied user events go with the users they made.
+-- ---------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION ordflow.truncate(include_users boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF include_users IS NULL THEN
+		RAISE EXCEPTION 'include_users must not be NULL'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+
+	IF include_users THEN
+		TRUNCATE ordflow.orders, ordflow.order_events, ordflow.outbox,
+				 ordflow.dead_letters_raw, ordflow.metrics_totals,
+				 ordflow.metrics_minute, ordflow.users, ordflow.applied_user_events;
+	ELSE
+		TRUNCATE ordflow.orders, ordflow.order_events, ordflow.outbox,
+				 ordflow.dead_letters_raw, ordflow.metrics_totals,
+				 ordflow.metrics_minute;
+	END IF;
+
+	PERFORM ordflow._truncated();
+END
+$$;

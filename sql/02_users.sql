@@ -125,7 +125,7 @@ SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit":
 SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": 1e16}')$$);
 SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": 1e400}')$$);
 SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": 60}')$$);
--- Lowering every limit below one user's balance fails for all of them.
+-- An empty condition is refused, as delete_users refuses it (1.1).
 SELECT pg_temp.err($$SELECT ordflow.update_users('{}', '{"credit_limit": 0.6}')$$);
 SELECT pg_temp.users_state() = :'before' AS unchanged;
 -- Limit and balance may move together.
@@ -199,6 +199,6 @@ SELECT count(*) FROM ordflow.users AS x
 -- Everything happens in the caller's transaction.
 BEGIN;
 SELECT ordflow.create_user('Tx', 'Rollback', 1) IS NOT NULL AS created;
-SELECT ordflow.update_users('{}', '{"credit_balance": 0}') > 0 AS updated;
+SELECT ordflow.update_users('{"lname": "Rollback"}', '{"credit_balance": 0}') > 0 AS updated;
 ROLLBACK;
 SELECT pg_temp.users_state() = :'before' AS unchanged;

@@ -61,7 +61,7 @@ ROLLBACK;
 -- truncate(): empties the pipeline tables, keeps users unless asked.
 SELECT ordflow.create_user('Keep', 'Me', 10) AS first_uid \gset
 SELECT ordflow.place_order(amount => 1) AS first_id \gset
-INSERT INTO ordflow.dead_letters (body, error) VALUES ('\x00ff', 'test');
+INSERT INTO ordflow.dead_letters_raw (body, body_size, error) VALUES ('\x00ff', 2, 'test');
 INSERT INTO ordflow.metrics_totals (worker, processed, latency_hist) VALUES (1, 1, '{1}');
 INSERT INTO ordflow.metrics_minute (minute, worker, processed, latency_hist)
 	VALUES ('2026-01-01', 1, 1, '{1}');

@@ -18,6 +18,7 @@ use Test::More;
 my $mq   = OrdflowTest::start_broker();
 my $node = OrdflowTest::new_node('events', broker => $mq);
 $node->safe_psql('postgres', 'CREATE EXTENSION ordflow');
+OrdflowTest::enable_user_events($node);
 
 sub sq { return $node->safe_psql('postgres', $_[0]); }
 

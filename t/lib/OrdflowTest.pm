@@ -685,6 +685,34 @@ EOC
 
 =pod
 
+=item OrdflowTest::enable_user_events($node, $role, @privileges)
+
+Lets broker user events through, as the README tells operators to: creates
+$role (default ordflow_events) with USAGE on schema ordflow, the given
+privileges on ordflow.users (default SELECT, INSERT, UPDATE, DELETE) and
+USAGE on its sequences, sets ordflow.user_events_role to it and reloads.
+
+=cut
+
+sub enable_user_events
+{
+	my ($node, $role, @privs) = @_;
+	$role ||= 'ordflow_events';
+	@privs = qw(SELECT INSERT UPDATE DELETE) unless @privs;
+	my $p = join(', ', @privs);
+	$node->safe_psql('postgres', qq{
+		DO \$\$ BEGIN CREATE ROLE $role; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$;
+		GRANT USAGE ON SCHEMA ordflow TO $role;
+		GRANT $p ON ordflow.users TO $role;
+		GRANT USAGE ON ALL SEQUENCES IN SCHEMA ordflow TO $role;
+		ALTER SYSTEM SET ordflow.user_events_role = '$role';
+		SELECT pg_reload_conf();
+	});
+	return $role;
+}
+
+=pod
+
 =item OrdflowTest::wait_for($node, $sql, $expected, $timeout_s, $dbname)
 
 Polls $sql (psql -XAt) until its output equals $expected (default 't');
