@@ -203,3 +203,58 @@ BEGIN
 	PERFORM ordflow._truncated();
 END
 $$;
+
+-- ---------------------------------------------------------------------------
+-- metrics().orders_per_second over the last 60 seconds in which orders were
+-- processed: each minute row remembers when its first and last order were
+-- processed.
+-- ---------------------------------------------------------------------------
+
+ALTER TABLE ordflow.metrics_minute
+	ADD COLUMN first_at timestamptz,
+	ADD COLUMN last_at timestamptz;
+
+-- Reads a handful of rows (one per consumer, plus the last two minutes), so
+-- it answers in constant time whatever the number of orders.
+CREATE OR REPLACE FUNCTION ordflow.metrics()
+RETURNS TABLE(orders_processed bigint, orders_completed bigint,
+			  orders_declined bigint, avg_execution_price numeric,
+			  total_execution_amount numeric, orders_per_second double precision,
+			  latency_p50_ms double precision, latency_p99_ms double precision,
+			  last_processed_at timestamptz)
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH t AS (
+		SELECT coalesce(sum(m.processed), 0)::bigint AS processed,
+			   coalesce(sum(m.completed), 0)::bigint AS completed,
+			   coalesce(sum(m.declined), 0)::bigint AS declined,
+			   coalesce(sum(m.sum_price), 0) AS sum_price,
+			   max(m.last_processed_at) AS last_at,
+			   -- one row per worker: summed in C with the percentiles
+			   ordflow._latency_percentiles(array_agg(m.latency_hist),
+											'{0.5,0.99}') AS pct
+		  FROM ordflow.metrics_totals AS m
+	), r AS (
+		-- throughput over the minutes that overlap the last 60 seconds,
+		-- measured from the first order they processed (not from the start
+		-- of the minute, which would dilute it with idle time) up to now()
+		SELECT coalesce(sum(mm.processed), 0) AS processed,
+			   min(coalesce(mm.first_at, mm.minute)) AS since
+		  FROM ordflow.metrics_minute AS mm
+		 WHERE mm.minute >= date_trunc('minute', now() - interval '60 seconds')
+	)
+	SELECT t.processed,
+		   t.completed,
+		   t.declined,
+		   CASE WHEN t.completed > 0 THEN t.sum_price / t.completed::numeric END,
+		   t.sum_price,
+		   CASE WHEN r.since IS NULL THEN 0::float8
+				ELSE r.processed::float8 /
+					 greatest(1::float8, extract(epoch FROM now() - r.since)::float8)
+		   END,
+		   t.pct[1],
+		   t.pct[2],
+		   t.last_at
+	  FROM t, r
+$$;

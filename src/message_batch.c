@@ -468,7 +468,7 @@ of_process_batch(OfMessage *msgs, int n, int worker_no, OfBatchStats *stats)
 		}
 	}
 
-	of_process_order_messages(orders, norders, worker_no, stats);
+	of_settle_orders(orders, norders, worker_no, stats);
 	process_user_events(events, nevents);
 	store_replies(msgs, n, stats);
 	of_store_dead_letters(msgs, n, stats);

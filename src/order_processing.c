@@ -101,9 +101,12 @@ static const char *plan_sql[NUM_PLANS] = {
 	"                                WITH ORDINALITY AS h(a, b, i) ORDER BY h.i),"
 	"    last_processed_at = GREATEST(t.last_processed_at, excluded.last_processed_at))"
 	" INSERT INTO ordflow.metrics_minute AS m"
-	"        (minute, worker, processed, completed, declined, sum_price, latency_hist)"
-	" VALUES (pg_catalog.date_trunc('minute', $7), $1, $2, $3, $4, $5, $6)"
+	"        (minute, worker, processed, completed, declined, sum_price, latency_hist,"
+	"         first_at, last_at)"
+	" VALUES (pg_catalog.date_trunc('minute', $7), $1, $2, $3, $4, $5, $6, $7, $7)"
 	" ON CONFLICT (minute, worker) DO UPDATE SET"
+	"    first_at = LEAST(m.first_at, excluded.first_at),"
+	"    last_at = GREATEST(m.last_at, excluded.last_at),"
 	"    processed = m.processed + excluded.processed,"
 	"    completed = m.completed + excluded.completed,"
 	"    declined = m.declined + excluded.declined,"
@@ -134,12 +137,22 @@ run_plan(PlanId id, Datum *values, const char *nulls, int expected)
 
 /* ---- orders ---- */
 
-typedef struct OrderWork
+/* One pass over the order messages of a batch (or over one of them). */
+typedef struct OrderPass
 {
-	OfMessage **msgs;			/* order messages to process, delivery order */
+	OfMessage **msgs;			/* order messages, delivery order */
 	int			n;
 	int			worker_no;
 	OfBatchStats *stats;
+	struct OrderItem *items;	/* by order_id, then delivery order */
+	struct OrderItem **todo;	/* to settle, delivery order */
+	int			ntodo;
+	/* the users concerned, locked, sorted by uid */
+	int64	   *uids;
+	int			nuids;
+	Datum	   *balances;
+	bool	   *balance_found;
+	bool	   *balance_changed;
 	/* metrics of this pass */
 	int64		completed;
 	int64		declined;
@@ -147,29 +160,35 @@ typedef struct OrderWork
 	Datum		sum_price;
 	int64		hist[OF_HIST_BUCKETS];
 	TimestampTz processed_at;
-} OrderWork;
+} OrderPass;
 
-typedef struct Slot
+/* An order message and what its locked row says. */
+typedef struct OrderItem
 {
 	OfMessage  *m;
 	int			pos;			/* delivery order */
-	/* from the locked row */
-	bool		found;
 	TimestampTz created_at;
 	ItemPointerData tid;
 	bool		generated;		/* made by the generator */
-	Datum		price;
-	bool		has_price;
-} Slot;
+} OrderItem;
 
 static int
-cmp_slot_order_id(const void *a, const void *b)
+cmp_item_order_id(const void *a, const void *b)
 {
-	const Slot *x = a;
-	const Slot *y = b;
+	const OrderItem *x = a;
+	const OrderItem *y = b;
 
 	if (x->m->order.order_id != y->m->order.order_id)
 		return x->m->order.order_id < y->m->order.order_id ? -1 : 1;
+	return x->pos - y->pos;
+}
+
+static int
+cmp_item_pos(const void *a, const void *b)
+{
+	const OrderItem *x = *(OrderItem *const *) a;
+	const OrderItem *y = *(OrderItem *const *) b;
+
 	return x->pos - y->pos;
 }
 
@@ -245,7 +264,7 @@ price_of(OfOrderMsg *o)
 }
 
 static void
-insert_external(Slot *slots, int n)
+insert_external(OrderItem *items, int n)
 {
 	ArrayBuildState *ids,
 			   *uids,
@@ -266,11 +285,11 @@ insert_external(Slot *slots, int n)
 	times = of_array_new(TIMESTAMPTZOID);
 	for (int i = 0; i < n; i++)
 	{
-		OfOrderMsg *o = &slots[i].m->order;
+		OfOrderMsg *o = &items[i].m->order;
 
-		if (slots[i].m->own)
+		if (items[i].m->own)
 			continue;
-		if (i > 0 && slots[i - 1].m->order.order_id == o->order_id)
+		if (i > 0 && items[i - 1].m->order.order_id == o->order_id)
 			continue;
 		of_array_add(ids, Int64GetDatum(o->order_id), false);
 		of_array_add(uids, Int64GetDatum(o->uid), !o->has_uid);
@@ -279,7 +298,7 @@ insert_external(Slot *slots, int n)
 				!o->has_symbol);
 		of_array_add(qtys, Int32GetDatum(o->quantity), !o->has_quantity);
 		of_array_add(amts, o->has_amount ? numeric_from_text(o->amount) : 0, !o->has_amount);
-		of_array_add(times, TimestampTzGetDatum(o->has_created_at ? slots[i].m->created_at : now),
+		of_array_add(times, TimestampTzGetDatum(o->has_created_at ? items[i].m->created_at : now),
 					 false);
 		count++;
 	}
@@ -294,64 +313,33 @@ insert_external(Slot *slots, int n)
 	run_plan(PLAN_INSERT_EXTERNAL, values, nulls, SPI_OK_INSERT);
 }
 
+/*
+ * Lock every order row of the pass, in order_id order, and sort the
+ * messages out: new (to settle), duplicate, conflicting or stale.
+ */
 static void
-process_orders(void *arg)
+lock_orders(OrderPass *p)
 {
-	OrderWork  *w = arg;
-	int			n = w->n;
-	Slot	   *slots = palloc0(sizeof(Slot) * n);
-	Slot	  **todo = palloc(sizeof(Slot *) * n);
-	int			ntodo = 0;
-	ArrayBuildState *ids;
-	Datum		values[10];
-	char		nulls[10] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	ArrayBuildState *ids = of_array_new(INT8OID);
+	Datum		value;
 	SPITupleTable *rows;
 	uint64		nrows;
-	int64		taken_id;
-	uint64		r;
-	int64	   *uids;
-	int			nuids = 0;
-	Datum	   *balances = NULL;
-	bool	   *balance_found = NULL;
-	bool	   *balance_changed = NULL;
-	ArrayBuildState *a_id,
-			   *a_status,
-			   *a_price,
-			   *a_notes,
-			   *a_uid,
-			   *a_evamt,
-			   *a_tid,
-			   *u_id,
-			   *u_bal;
+	uint64		r = 0;
+	int64		taken_id = 0;	/* order ids are >= 1 */
 
-	for (int i = 0; i < n; i++)
-	{
-		w->msgs[i]->outcome = OF_OUT_PENDING;
-		slots[i].m = w->msgs[i];
-		slots[i].pos = i;
-	}
-	qsort(slots, n, sizeof(Slot), cmp_slot_order_id);
-
-	/* 1. Outside producers' orders we have not seen yet. */
-	insert_external(slots, n);
-
-	/* 2. Lock every order of the batch, in order_id order. */
-	ids = of_array_new(INT8OID);
-	for (int i = 0; i < n; i++)
-		if (i == 0 || slots[i - 1].m->order.order_id != slots[i].m->order.order_id)
-			of_array_add(ids, Int64GetDatum(slots[i].m->order.order_id), false);
-	values[0] = of_array_done(ids);
-	run_plan(PLAN_LOCK_ORDERS, values, nulls, SPI_OK_SELECT);
+	for (int i = 0; i < p->n; i++)
+		if (i == 0 || p->items[i - 1].m->order.order_id != p->items[i].m->order.order_id)
+			of_array_add(ids, Int64GetDatum(p->items[i].m->order.order_id), false);
+	value = of_array_done(ids);
+	run_plan(PLAN_LOCK_ORDERS, &value, NULL, SPI_OK_SELECT);
 	rows = SPI_tuptable;
 	nrows = SPI_processed;
 
-	/* 3. Classify, merging the sorted rows with the sorted messages. */
-	r = 0;
-	taken_id = 0;					/* order ids are >= 1 */
-	for (int i = 0; i < n; i++)
+	/* merge the sorted rows with the sorted messages */
+	for (int i = 0; i < p->n; i++)
 	{
-		Slot	   *s = &slots[i];
-		OfOrderMsg *o = &s->m->order;
+		OrderItem  *it = &p->items[i];
+		OfOrderMsg *o = &it->m->order;
 		HeapTuple	tup = NULL;
 		bool		isnull;
 
@@ -365,165 +353,152 @@ process_orders(void *arg)
 		if (tup == NULL)
 		{
 			/* Ours, but the row is gone: truncate() emptied the tables. */
-			s->m->outcome = OF_OUT_STALE;
-			w->stats->stale++;
-			continue;
+			it->m->outcome = OF_OUT_STALE;
+			p->stats->stale++;
 		}
-		if (!same_content(o, tup, rows->tupdesc))
+		else if (!same_content(o, tup, rows->tupdesc))
 		{
-			s->m->outcome = OF_OUT_DEAD;
-			s->m->error = psprintf("order_id " INT64_FORMAT " already exists with different content", o->order_id);
-			continue;
+			it->m->outcome = OF_OUT_DEAD;
+			it->m->error = psprintf("order_id " INT64_FORMAT " already exists with different content",
+									o->order_id);
 		}
-		if (o->order_id == taken_id)
+		else if (o->order_id == taken_id ||
+				 strcmp(TextDatumGetCString(SPI_getbinval(tup, rows->tupdesc, 6, &isnull)),
+						"initialised") != 0)
+			it->m->outcome = OF_OUT_DUPLICATE;	/* a second copy, or done before */
+		else
 		{
-			/* a second copy within this batch */
-			s->m->outcome = OF_OUT_DUPLICATE;
-			continue;
+			taken_id = o->order_id;
+			it->created_at = DatumGetTimestampTz(SPI_getbinval(tup, rows->tupdesc, 7, &isnull));
+			ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(tup, rows->tupdesc, 8, &isnull)),
+							&it->tid);
+			it->generated = strcmp(TextDatumGetCString(SPI_getbinval(tup, rows->tupdesc, 9, &isnull)),
+								   "generator") == 0;
+			p->todo[p->ntodo++] = it;
 		}
-		if (strcmp(TextDatumGetCString(SPI_getbinval(tup, rows->tupdesc, 6, &isnull)), "initialised") != 0)
-		{
-			s->m->outcome = OF_OUT_DUPLICATE;
-			continue;
-		}
-		s->found = true;
-		taken_id = o->order_id;
-		s->created_at = DatumGetTimestampTz(SPI_getbinval(tup, rows->tupdesc, 7, &isnull));
-		ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(tup, rows->tupdesc, 8, &isnull)), &s->tid);
-		s->generated = strcmp(TextDatumGetCString(SPI_getbinval(tup, rows->tupdesc, 9, &isnull)),
-							  "generator") == 0;
-		todo[ntodo++] = s;
 	}
-	if (ntodo == 0)
+}
+
+/* Lock the users the orders to settle name, in uid order; read balances. */
+static void
+lock_users(OrderPass *p)
+{
+	ArrayBuildState *ids;
+	Datum		value;
+	int			k = 0;
+
+	p->uids = palloc(sizeof(int64) * p->ntodo);
+	for (int i = 0; i < p->ntodo; i++)
+		if (p->todo[i]->m->order.has_uid)
+			p->uids[p->nuids++] = p->todo[i]->m->order.uid;
+	if (p->nuids == 0)
 		return;
+	qsort(p->uids, p->nuids, sizeof(int64), cmp_int64);
+	for (int i = 0; i < p->nuids; i++)
+		if (i == 0 || p->uids[i] != p->uids[k - 1])
+			p->uids[k++] = p->uids[i];
+	p->nuids = k;
 
-	/* Credit checks run in delivery order. */
-	for (int i = 1; i < ntodo; i++)
+	ids = of_array_new(INT8OID);
+	for (int i = 0; i < p->nuids; i++)
+		of_array_add(ids, Int64GetDatum(p->uids[i]), false);
+	value = of_array_done(ids);
+	run_plan(PLAN_LOCK_USERS, &value, NULL, SPI_OK_SELECT);
+	p->balances = palloc0(sizeof(Datum) * p->nuids);
+	p->balance_found = palloc0(sizeof(bool) * p->nuids);
+	p->balance_changed = palloc0(sizeof(bool) * p->nuids);
+	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		Slot	   *x = todo[i];
-		int			j = i - 1;
+		bool		isnull;
+		int64		uid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		int64	   *hit = bsearch(&uid, p->uids, p->nuids, sizeof(int64), cmp_int64);
 
-		while (j >= 0 && todo[j]->pos > x->pos)
+		if (hit)
 		{
-			todo[j + 1] = todo[j];
-			j--;
-		}
-		todo[j + 1] = x;
-	}
+			Datum		bal = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull);
 
-	/* 4. Lock the users concerned, in uid order. */
-	uids = palloc(sizeof(int64) * ntodo);
-	for (int i = 0; i < ntodo; i++)
-		if (todo[i]->m->order.has_uid)
-			uids[nuids++] = todo[i]->m->order.uid;
-	if (nuids > 0)
-	{
-		int			k = 0;
-
-		qsort(uids, nuids, sizeof(int64), cmp_int64);
-		for (int i = 0; i < nuids; i++)
-			if (i == 0 || uids[i] != uids[k - 1])
-				uids[k++] = uids[i];
-		nuids = k;
-		ids = of_array_new(INT8OID);
-		for (int i = 0; i < nuids; i++)
-			of_array_add(ids, Int64GetDatum(uids[i]), false);
-		values[0] = of_array_done(ids);
-		run_plan(PLAN_LOCK_USERS, values, nulls, SPI_OK_SELECT);
-		balances = palloc0(sizeof(Datum) * nuids);
-		balance_found = palloc0(sizeof(bool) * nuids);
-		balance_changed = palloc0(sizeof(bool) * nuids);
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			bool		isnull;
-			int64		uid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-			int64	   *hit = bsearch(&uid, uids, nuids, sizeof(int64), cmp_int64);
-
-			if (hit)
-			{
-				Datum		bal = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull);
-
-				balances[hit - uids] = datumCopy(bal, false, -1);
-				balance_found[hit - uids] = true;
-			}
+			p->balances[hit - p->uids] = datumCopy(bal, false, -1);
+			p->balance_found[hit - p->uids] = true;
 		}
 	}
+}
 
-	/* 5. Decide. */
-	w->processed_at = GetCurrentTimestamp();
-	a_id = of_array_new(INT8OID);
-	a_status = of_array_new(TEXTOID);
-	a_price = of_array_new(NUMERICOID);
-	a_notes = of_array_new(TEXTOID);
-	a_uid = of_array_new(INT8OID);
-	a_evamt = of_array_new(NUMERICOID);
-	a_tid = of_array_new(TIDOID);
-	for (int i = 0; i < ntodo; i++)
+/*
+ * The credit check of one order against the locked balances: NULL when it
+ * completes (and the balance is debited), else the reason it is declined.
+ */
+static const char *
+check_credit(OrderPass *p, OfOrderMsg *o, Datum price)
+{
+	int64	   *hit;
+	int			k;
+
+	if (!o->has_uid)
+		return NULL;
+	hit = bsearch(&o->uid, p->uids, p->nuids, sizeof(int64), cmp_int64);
+	k = hit ? (int) (hit - p->uids) : -1;
+	if (k < 0 || !p->balance_found[k])
+		return "unknown user";
+	if (DatumGetInt32(DirectFunctionCall2(numeric_cmp, p->balances[k], price)) < 0)
+		return "insufficient balance";
+	p->balances[k] = DirectFunctionCall2(numeric_sub, p->balances[k], price);
+	p->balance_changed[k] = true;
+	return NULL;
+}
+
+/* Settle the orders in delivery order and write it all back at once. */
+static void
+settle_and_write(OrderPass *p)
+{
+	ArrayBuildState *a_id = of_array_new(INT8OID),
+			   *a_status = of_array_new(TEXTOID),
+			   *a_price = of_array_new(NUMERICOID),
+			   *a_notes = of_array_new(TEXTOID),
+			   *a_uid = of_array_new(INT8OID),
+			   *a_evamt = of_array_new(NUMERICOID),
+			   *a_tid = of_array_new(TIDOID),
+			   *u_id = of_array_new(INT8OID),
+			   *u_bal = of_array_new(NUMERICOID);
+	Datum		values[10];
+
+	p->processed_at = GetCurrentTimestamp();
+	for (int i = 0; i < p->ntodo; i++)
 	{
-		OfMessage  *m = todo[i]->m;
+		OfMessage  *m = p->todo[i]->m;
 		OfOrderMsg *o = &m->order;
 		Datum		price = price_of(o);
-		const char *status = "completed";
-		const char *notes = NULL;
-		double		ms;
-
-		if (o->has_uid)
-		{
-			int64	   *hit = bsearch(&o->uid, uids, nuids, sizeof(int64), cmp_int64);
-			int			k = hit ? (int) (hit - uids) : -1;
-
-			if (k < 0 || !balance_found[k])
-			{
-				status = "declined";
-				notes = "unknown user";
-			}
-			else if (DatumGetInt32(DirectFunctionCall2(numeric_cmp, balances[k], price)) >= 0)
-			{
-				balances[k] = DirectFunctionCall2(numeric_sub, balances[k], price);
-				balance_changed[k] = true;
-			}
-			else
-			{
-				status = "declined";
-				notes = "insufficient balance";
-			}
-		}
+		const char *notes = check_credit(p, o, price);
 
 		of_array_add(a_id, Int64GetDatum(o->order_id), false);
-		of_array_add(a_tid, PointerGetDatum(&todo[i]->tid), false);
-		of_array_add(a_status, CStringGetTextDatum(status), false);
-		of_array_add(a_notes, notes ? CStringGetTextDatum(notes) : 0, notes == NULL);
+		of_array_add(a_tid, PointerGetDatum(&p->todo[i]->tid), false);
+		of_array_add_text(a_status, notes == NULL ? "completed" : "declined");
+		of_array_add_text(a_notes, notes);
 		of_array_add(a_uid, Int64GetDatum(o->uid), !o->has_uid);
 		/* an unknown user's order has no price to speak of */
 		of_array_add(a_evamt, price, notes != NULL && strcmp(notes, "unknown user") == 0);
+		/* a declined order has no execution price */
+		of_array_add(a_price, price, notes != NULL);
 		if (notes == NULL)
 		{
-			of_array_add(a_price, price, false);
 			m->outcome = OF_OUT_COMPLETED;
-			w->completed++;
-			w->sum_price = DirectFunctionCall2(numeric_add, w->sum_price, price);
+			p->completed++;
+			p->sum_price = DirectFunctionCall2(numeric_add, p->sum_price, price);
 		}
 		else
 		{
-			of_array_add(a_price, 0, true);
 			m->outcome = OF_OUT_DECLINED;
-			w->declined++;
+			p->declined++;
 		}
-		if (todo[i]->generated)
-			w->generated++;
-		ms = (double) (w->processed_at - todo[i]->created_at) / 1000.0;
-		w->hist[of_latency_bucket(ms)]++;
+		if (p->todo[i]->generated)
+			p->generated++;
+		p->hist[of_latency_bucket((double) (p->processed_at - p->todo[i]->created_at) / 1000.0)]++;
 	}
-
-	/* 6. Write back. */
-	u_id = of_array_new(INT8OID);
-	u_bal = of_array_new(NUMERICOID);
-	for (int k = 0; k < nuids; k++)
+	for (int k = 0; k < p->nuids; k++)
 	{
-		if (!balance_changed[k])
+		if (!p->balance_changed[k])
 			continue;
-		of_array_add(u_id, Int64GetDatum(uids[k]), false);
-		of_array_add(u_bal, balances[k], false);
+		of_array_add(u_id, Int64GetDatum(p->uids[k]), false);
+		of_array_add(u_bal, p->balances[k], false);
 	}
 	values[0] = of_array_done(a_id);
 	values[1] = of_array_done(a_status);
@@ -531,76 +506,110 @@ process_orders(void *arg)
 	values[3] = of_array_done(a_notes);
 	values[4] = of_array_done(a_uid);
 	values[5] = of_array_done(a_evamt);
-	values[6] = TimestampTzGetDatum(w->processed_at);
+	values[6] = TimestampTzGetDatum(p->processed_at);
 	values[7] = of_array_done(u_id);
 	values[8] = of_array_done(u_bal);
 	values[9] = of_array_done(a_tid);
-	run_plan(PLAN_APPLY, values, nulls, SPI_OK_UPDATE);
+	run_plan(PLAN_APPLY, values, NULL, SPI_OK_UPDATE);
+}
 
-	/* 7. Metrics, in the same transaction. */
+/* Metrics, in the same transaction: this consumer's rows only. */
+static void
+record_metrics(OrderPass *p)
+{
+	Datum		hist[OF_HIST_BUCKETS];
+	Datum		mv[7];
+
+	for (int i = 0; i < OF_HIST_BUCKETS; i++)
+		hist[i] = Int64GetDatum(p->hist[i]);
+	mv[0] = Int32GetDatum(p->worker_no);
+	mv[1] = Int64GetDatum(p->completed + p->declined);
+	mv[2] = Int64GetDatum(p->completed);
+	mv[3] = Int64GetDatum(p->declined);
+	mv[4] = p->sum_price;
+	mv[5] = PointerGetDatum(construct_array(hist, OF_HIST_BUCKETS, INT8OID, 8,
+											FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	mv[6] = TimestampTzGetDatum(p->processed_at);
+	run_plan(PLAN_METRICS, mv, NULL, SPI_OK_INSERT);
+}
+
+/* One set-wise pass; run in a subtransaction. */
+static void
+settle_orders(void *arg)
+{
+	OrderPass  *p = arg;
+
+	p->items = palloc0(sizeof(OrderItem) * p->n);
+	p->todo = palloc(sizeof(OrderItem *) * p->n);
+	p->ntodo = 0;
+	p->nuids = 0;
+	for (int i = 0; i < p->n; i++)
 	{
-		Datum		hist[OF_HIST_BUCKETS];
-		Datum		mv[7];
-		char		mn[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
-
-		for (int i = 0; i < OF_HIST_BUCKETS; i++)
-			hist[i] = Int64GetDatum(w->hist[i]);
-		mv[0] = Int32GetDatum(w->worker_no);
-		mv[1] = Int64GetDatum(w->completed + w->declined);
-		mv[2] = Int64GetDatum(w->completed);
-		mv[3] = Int64GetDatum(w->declined);
-		mv[4] = w->sum_price;
-		mv[5] = PointerGetDatum(construct_array(hist, OF_HIST_BUCKETS, INT8OID, 8,
-												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		mv[6] = TimestampTzGetDatum(w->processed_at);
-		run_plan(PLAN_METRICS, mv, mn, SPI_OK_INSERT);
+		p->msgs[i]->outcome = OF_OUT_PENDING;
+		p->items[i].m = p->msgs[i];
+		p->items[i].pos = i;
 	}
+	qsort(p->items, p->n, sizeof(OrderItem), cmp_item_order_id);
+
+	insert_external(p->items, p->n);
+	lock_orders(p);
+	if (p->ntodo == 0)
+		return;
+	/* credit checks run in delivery order */
+	qsort(p->todo, p->ntodo, sizeof(OrderItem *), cmp_item_pos);
+	lock_users(p);
+	settle_and_write(p);
+	record_metrics(p);
 }
 
 static void
-reset_work(OrderWork *w)
+reset_pass(OrderPass *p)
 {
-	w->completed = 0;
-	w->declined = 0;
-	w->generated = 0;
-	w->sum_price = DirectFunctionCall1(int4_numeric, Int32GetDatum(0));
-	memset(w->hist, 0, sizeof(w->hist));
+	p->completed = 0;
+	p->declined = 0;
+	p->generated = 0;
+	p->sum_price = DirectFunctionCall1(int4_numeric, Int32GetDatum(0));
+	memset(p->hist, 0, sizeof(p->hist));
 }
 
+/*
+ * Settle the batch's orders set-wise in a subtransaction.  If that fails
+ * for a reason tied to the data, redo each order alone in its own, so one
+ * bad message is dead-lettered without poisoning the batch.
+ */
 void
-of_process_order_messages(OfMessage **orders, int n, int worker_no, OfBatchStats *stats)
+of_settle_orders(OfMessage **orders, int n, int worker_no, OfBatchStats *stats)
 {
-	OrderWork	w;
+	OrderPass	p;
 	ErrorData  *err;
 	OfBatchStats saved = *stats;
 
 	if (n == 0)
 		return;
-	w.msgs = orders;
-	w.n = n;
-	w.worker_no = worker_no;
-	w.stats = stats;
-	reset_work(&w);
-	err = of_run_in_subxact(process_orders, &w);
+	p.msgs = orders;
+	p.n = n;
+	p.worker_no = worker_no;
+	p.stats = stats;
+	reset_pass(&p);
+	err = of_run_in_subxact(settle_orders, &p);
 	if (err == NULL)
 	{
-		stats->generated += w.generated;
+		stats->generated += p.generated;
 		return;
 	}
 
-	/* Something in the batch is bad: redo each order alone. */
 	elog(DEBUG1, "ordflow: batch of %d orders failed (%s), retrying one by one", n, err->message);
 	FreeErrorData(err);
 	*stats = saved;
 	for (int i = 0; i < n; i++)
 	{
-		w.msgs = &orders[i];
-		w.n = 1;
-		reset_work(&w);
-		err = of_run_in_subxact(process_orders, &w);
+		p.msgs = &orders[i];
+		p.n = 1;
+		reset_pass(&p);
+		err = of_run_in_subxact(settle_orders, &p);
 		if (err == NULL)
 		{
-			stats->generated += w.generated;
+			stats->generated += p.generated;
 			continue;
 		}
 		orders[i]->outcome = OF_OUT_DEAD;

@@ -11,7 +11,7 @@
 
 #include "message_batch.h"
 
-extern void of_process_order_messages(OfMessage **orders, int n, int worker_no,
+extern void of_settle_orders(OfMessage **orders, int n, int worker_no,
 									  OfBatchStats *stats);
 
 #endif							/* ORDFLOW_ORDER_PROCESSING_H */

@@ -38,7 +38,7 @@
 static const char *take_batch_sql =
 "DELETE FROM ordflow.outbox WHERE id OPERATOR(pg_catalog.=) ANY (ARRAY("
 "  SELECT id FROM ordflow.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))"
-" RETURNING order_id, routing_key, payload";
+" RETURNING order_id, routing_key, payload, kind, correlation_id";
 
 static const Oid take_batch_type = INT8OID;
 static SPIPlanPtr take_plan = NULL;
@@ -47,6 +47,8 @@ static void
 set_properties(amqp_basic_properties_t *props, amqp_table_entry_t *header,
 			   char *message_id)
 {
+	static char origin[64];
+
 	memset(props, 0, sizeof(*props));
 	props->_flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
 		AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_APP_ID_FLAG;
@@ -56,10 +58,17 @@ set_properties(amqp_basic_properties_t *props, amqp_table_entry_t *header,
 	props->message_id = amqp_cstring_bytes(message_id);
 	/* Lets a consumer tell our own orders (which exist in the table) from
 	 * an outside producer's. */
-	header->key = amqp_cstring_bytes("x-ordflow-source");
-	header->value.kind = AMQP_FIELD_KIND_UTF8;
-	header->value.value.bytes = amqp_cstring_bytes("outbox");
-	props->headers.num_entries = 1;
+	header[0].key = amqp_cstring_bytes("x-ordflow-source");
+	header[0].value.kind = AMQP_FIELD_KIND_UTF8;
+	header[0].value.value.bytes = amqp_cstring_bytes("outbox");
+	header[1].key = amqp_cstring_bytes("x-ordflow-node");
+	header[1].value.kind = AMQP_FIELD_KIND_I32;
+	header[1].value.value.i32 = ordflow_node_id;
+	strlcpy(origin, of_message_origin(), sizeof(origin));
+	header[2].key = amqp_cstring_bytes("x-ordflow-origin");
+	header[2].value.kind = AMQP_FIELD_KIND_UTF8;
+	header[2].value.value.bytes = amqp_cstring_bytes(origin);
+	props->headers.num_entries = 3;
 	props->headers.entries = header;
 }
 
@@ -75,7 +84,7 @@ publish_batch(OfAmqp *a, OfWorkerSlot *slot, bool *missing)
 	uint64		last_tag;
 	TimestampTz deadline;
 	amqp_basic_properties_t props;
-	amqp_table_entry_t header;
+	amqp_table_entry_t header[3];
 
 	of_begin_tx("ordflow relay: publishing the outbox");
 	if (!of_extension_exists())
@@ -105,9 +114,24 @@ publish_batch(OfAmqp *a, OfWorkerSlot *slot, bool *missing)
 		text	   *payload = DatumGetTextPP(SPI_getbinval(tup, desc, 3, &isnull));
 		char		message_id[24];
 
+		bool		reply;
+
 		snprintf(message_id, sizeof(message_id), INT64_FORMAT, order_id);
-		set_properties(&props, &header, message_id);
-		of_amqp_publish(a, ordflow_exchange, routing_key,
+		set_properties(&props, header, message_id);
+		/* interim: replies to the default exchange (the relay rewrite does all kinds) */
+		reply = strcmp(TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull)), "reply") == 0;
+		if (reply)
+		{
+			Datum		c = SPI_getbinval(tup, desc, 5, &isnull);
+
+			if (!isnull)
+			{
+				props._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
+				props.correlation_id = amqp_cstring_bytes(TextDatumGetCString(c));
+			}
+			props._flags &= ~AMQP_BASIC_MESSAGE_ID_FLAG;
+		}
+		of_amqp_publish(a, reply ? "" : ordflow_exchange, routing_key,
 						VARDATA_ANY(payload), VARSIZE_ANY_EXHDR(payload), &props);
 		pfree(routing_key);
 	}

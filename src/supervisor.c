@@ -133,7 +133,7 @@ launch_child(int slotno)
 		ereport(WARNING,
 				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 				 errmsg("ordflow: could not start the %s worker", w.bgw_name),
-				 errhint("Raise max_worker_processes (ordflow needs 3 + ordflow.consumers).")));
+				 errhint("Raise max_worker_processes: ordflow needs 4 + ordflow.consumers (supervisor, generator, relay, consumers).")));
 		c->next_launch = TimestampTzPlusMilliseconds(now, RELAUNCH_MAX_MS);
 	}
 	else

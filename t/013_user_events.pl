@@ -139,9 +139,11 @@ my @invalid = (
 	[ 'U', qq({"type": "U", "condition": {"uid": $ann}, "new_val": {"credit_limit": "lots"}}), qr/credit_limit" must be a number/, 'wrong value type' ],
 	[ 'D', '{"type": "D", "condition": {}}', qr/refuses empty conditions/, 'delete everything is refused' ],
 	[ 'X', '{"type": "X"}', qr/type/, 'unknown type' ],
-	[ 'C', '{"type": "C", "name": "Eve"', qr/invalid JSON/, 'not JSON' ],
+	[ 'C', '{"type": "C", "name": "Eve"', qr/invalid input syntax for type json/, 'not JSON' ],
 	[ 'C', '{"type": "C", "name": "Eve", "lname": "E", "credit_limit": -1}', qr/credit_limit must be between 0 and 1e15/, 'negative limit' ],
-	[ 'R', '{"type": "R"}', qr/condition/, 'R without condition' ],
+	[ 'R', '{"type": "R", "condition": 5}', qr/must be a JSON object/, 'condition not an object' ],
+	[ 'D', '{"type": "C", "name": "Mal", "lname": "M", "credit_limit": 1}', qr/does not match/,
+		'routing key user.D carrying a C event' ],
 );
 for my $inv (@invalid)
 {
