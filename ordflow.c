@@ -264,7 +264,7 @@ ordflow_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(of_shmem_size());
+	of_shmem_request();
 }
 
 static void

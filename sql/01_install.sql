@@ -4,13 +4,6 @@
 --
 CREATE EXTENSION ordflow;
 \set SHOW_CONTEXT never
-CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE q;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
 
 SELECT e.extversion, e.extnamespace::regnamespace AS schema, e.extrelocatable
   FROM pg_extension AS e WHERE e.extname = 'ordflow';
@@ -60,22 +53,22 @@ SELECT p.oid::regprocedure AS function, l.lanname AS lang, p.provolatile, p.prop
 
 -- Exactly one generator_state row, stopped, no stored rate.
 SELECT id, running, rate FROM ordflow.generator_state;
-SELECT pg_temp.err($$INSERT INTO ordflow.generator_state (id) VALUES (true)$$);
-SELECT pg_temp.err($$INSERT INTO ordflow.generator_state (id) VALUES (false)$$);
+SELECT regress_util.err($$INSERT INTO ordflow.generator_state (id) VALUES (true)$$);
+SELECT regress_util.err($$INSERT INTO ordflow.generator_state (id) VALUES (false)$$);
 SELECT count(*) FROM ordflow.generator_state;
 
 -- Table constraints back up the API checks.
-SELECT pg_temp.err($$INSERT INTO ordflow.orders (quantity) VALUES (0)$$);
-SELECT pg_temp.err($$INSERT INTO ordflow.orders (amount) VALUES ('NaN')$$);
-SELECT pg_temp.err($$INSERT INTO ordflow.orders (amount) VALUES ('Infinity')$$);
-SELECT pg_temp.err($$INSERT INTO ordflow.orders (symbol) VALUES ('ABC')$$);
-SELECT pg_temp.err($$INSERT INTO ordflow.orders (quantity, symbol) VALUES (1, '')$$);
-SELECT pg_temp.err($$INSERT INTO ordflow.orders (quantity, symbol) VALUES (1, 'ABCDEFGHIJKLM')$$);
-SELECT pg_temp.err($$INSERT INTO ordflow.orders (quantity, source) VALUES (1, 'elsewhere')$$);
-SELECT pg_temp.err($$INSERT INTO ordflow.users (name, lname, credit_limit, credit_balance) VALUES ('a', 'b', 10, 11)$$);
-SELECT pg_temp.err($$INSERT INTO ordflow.users (name, lname, credit_limit, credit_balance) VALUES ('a', 'b', -1, 0)$$);
-SELECT pg_temp.err($$INSERT INTO ordflow.users (name, lname, credit_limit, credit_balance) VALUES ('a', 'b', 'NaN', 0)$$);
-SELECT pg_temp.err($$INSERT INTO ordflow.users (name, lname, credit_limit, credit_balance) VALUES ('a', 'b', 10, -1)$$);
+SELECT regress_util.err($$INSERT INTO ordflow.orders (quantity) VALUES (0)$$);
+SELECT regress_util.err($$INSERT INTO ordflow.orders (amount) VALUES ('NaN')$$);
+SELECT regress_util.err($$INSERT INTO ordflow.orders (amount) VALUES ('Infinity')$$);
+SELECT regress_util.err($$INSERT INTO ordflow.orders (symbol) VALUES ('ABC')$$);
+SELECT regress_util.err($$INSERT INTO ordflow.orders (quantity, symbol) VALUES (1, '')$$);
+SELECT regress_util.err($$INSERT INTO ordflow.orders (quantity, symbol) VALUES (1, 'ABCDEFGHIJKLM')$$);
+SELECT regress_util.err($$INSERT INTO ordflow.orders (quantity, source) VALUES (1, 'elsewhere')$$);
+SELECT regress_util.err($$INSERT INTO ordflow.users (name, lname, credit_limit, credit_balance) VALUES ('a', 'b', 10, 11)$$);
+SELECT regress_util.err($$INSERT INTO ordflow.users (name, lname, credit_limit, credit_balance) VALUES ('a', 'b', -1, 0)$$);
+SELECT regress_util.err($$INSERT INTO ordflow.users (name, lname, credit_limit, credit_balance) VALUES ('a', 'b', 'NaN', 0)$$);
+SELECT regress_util.err($$INSERT INTO ordflow.users (name, lname, credit_limit, credit_balance) VALUES ('a', 'b', 10, -1)$$);
 SELECT (SELECT count(*) FROM ordflow.orders) AS orders, (SELECT count(*) FROM ordflow.users) AS users;
 
 -- Refused in a database other than ordflow.database.

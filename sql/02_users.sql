@@ -2,14 +2,6 @@
 -- 02_users: user functions, their validation and their atomicity.
 --
 \set SHOW_CONTEXT never
--- err(sql): runs sql, returns "SQLSTATE: message" or 'ok'.
-CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE q;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
 -- A fingerprint of the whole users table, to show a failed call changed nothing.
 CREATE FUNCTION pg_temp.users_state() RETURNS text LANGUAGE sql AS $$
 	SELECT coalesce(string_agg(format('%s|%s|%s|%s|%s|%s', uid, name, lname,
@@ -30,17 +22,17 @@ SELECT * FROM u;
 
 -- create_user refusals
 SELECT pg_temp.users_state() AS before \gset
-SELECT pg_temp.err($$SELECT ordflow.create_user(NULL, 'x', 1)$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', NULL, 1)$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', 'y', NULL)$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', 'y', -1)$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', 'y', 1e15 + 1)$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', 'y', 'NaN')$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', 'y', 'Infinity')$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', 'y', 10, 11)$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', 'y', 10, -0.01)$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', 'y', 10, 'NaN')$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', 'y', 10, '-Infinity')$$);
+SELECT regress_util.err($$SELECT ordflow.create_user(NULL, 'x', 1)$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', NULL, 1)$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', 'y', NULL)$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', 'y', -1)$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', 'y', 1e15 + 1)$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', 'y', 'NaN')$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', 'y', 'Infinity')$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', 'y', 10, 11)$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', 'y', 10, -0.01)$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', 'y', 10, 'NaN')$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', 'y', 10, '-Infinity')$$);
 SELECT pg_temp.users_state() = :'before' AS unchanged;
 
 -- read_users: AND-ed conditions, every column type, JSON null = IS NULL.
@@ -63,27 +55,27 @@ SELECT count(*) FROM ordflow.read_users(
 
 -- read_users refusals: unknown keys, injection-looking keys, wrong JSON types,
 -- not an object, NULL.
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"password": "x"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"uid; DROP TABLE ordflow.users; --": 1}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"uid = uid OR true --": 1}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"\"uid\"": 1}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"UID": 1}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"": 1}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"uid": "1"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"uid": "1 OR 1=1"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"uid": 1.5}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"uid": 1e30}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"uid": true}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"uid": [1, 2]}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"name": 5}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"name": {"a": 1}}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"credit_limit": "100"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"created_at": "yesterday-ish"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"updated_at": 12}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('[{"uid": 1}]')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('"uid"')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('null')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users(NULL)$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"password": "x"}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"uid; DROP TABLE ordflow.users; --": 1}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"uid = uid OR true --": 1}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"\"uid\"": 1}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"UID": 1}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"": 1}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"uid": "1"}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"uid": "1 OR 1=1"}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"uid": 1.5}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"uid": 1e30}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"uid": true}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"uid": [1, 2]}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"name": 5}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"name": {"a": 1}}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"credit_limit": "100"}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"created_at": "yesterday-ish"}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"updated_at": 12}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('[{"uid": 1}]')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('"uid"')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('null')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users(NULL)$$);
 -- The table survived the injection attempts.
 SELECT count(*) FROM ordflow.users;
 
@@ -102,31 +94,31 @@ SELECT uid, lname FROM u;
 SELECT pg_temp.users_state() AS before \gset
 
 -- update_users refusals; each leaves the table as it was.
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"uid": 7}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"uid": 1}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"created_at": "2020-01-01"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"updated_at": "2020-01-01"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"name = ''x'', credit_balance": 1}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"password": "x"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '[]')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', NULL)$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users(NULL, '{"name": "x"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"bogus": 1}', '{"name": "x"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"name": null}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"lname": null}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": null}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_balance": null}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"name": 42}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": "100"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_balance": -1}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_balance": 100.01}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": -5}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": 1e16}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": 1e400}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": 60}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"uid": 7}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"uid": 1}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"created_at": "2020-01-01"}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"updated_at": "2020-01-01"}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"name = ''x'', credit_balance": 1}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"password": "x"}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '[]')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', NULL)$$);
+SELECT regress_util.err($$SELECT ordflow.update_users(NULL, '{"name": "x"}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"bogus": 1}', '{"name": "x"}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"name": null}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"lname": null}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": null}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_balance": null}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"name": 42}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": "100"}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_balance": -1}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_balance": 100.01}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": -5}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": 1e16}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": 1e400}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": 60}')$$);
 -- An empty condition is refused, as delete_users refuses it (1.1).
-SELECT pg_temp.err($$SELECT ordflow.update_users('{}', '{"credit_limit": 0.6}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{}', '{"credit_limit": 0.6}')$$);
 SELECT pg_temp.users_state() = :'before' AS unchanged;
 -- Limit and balance may move together.
 SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": 10, "credit_balance": 10}');
@@ -134,11 +126,11 @@ SELECT uid, credit_limit, credit_balance FROM u WHERE uid = 1;
 
 -- delete_users
 SELECT pg_temp.users_state() AS before \gset
-SELECT pg_temp.err($$SELECT ordflow.delete_users('{}')$$);
-SELECT pg_temp.err($$SELECT ordflow.delete_users(NULL)$$);
-SELECT pg_temp.err($$SELECT ordflow.delete_users('{"uid": "2"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.delete_users('{"1=1 OR uid": 2}')$$);
-SELECT pg_temp.err($$SELECT ordflow.delete_users('[]')$$);
+SELECT regress_util.err($$SELECT ordflow.delete_users('{}')$$);
+SELECT regress_util.err($$SELECT ordflow.delete_users(NULL)$$);
+SELECT regress_util.err($$SELECT ordflow.delete_users('{"uid": "2"}')$$);
+SELECT regress_util.err($$SELECT ordflow.delete_users('{"1=1 OR uid": 2}')$$);
+SELECT regress_util.err($$SELECT ordflow.delete_users('[]')$$);
 SELECT pg_temp.users_state() = :'before' AS unchanged;
 -- The refusal for {} carries a hint.
 \set VERBOSITY default
@@ -167,29 +159,29 @@ SELECT uid, name, credit_balance FROM u WHERE lname = 'Zed';
 
 -- Bad events change nothing.
 SELECT pg_temp.users_state() AS before \gset
-SELECT pg_temp.err($$SELECT ordflow.user_event(NULL)$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('[]')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": 1}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "X"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "C"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "C", "name": "a", "lname": "b"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "C", "name": "a", "lname": "b", "credit_limit": "10"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "C", "name": "a", "lname": "b", "credit_limit": 10, "credit_balance": 11}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "C", "uid": 1, "name": "a", "lname": "b", "credit_limit": 10}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "C", "name": "a", "lname": "b", "credit_limit": 10, "admin": true}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "C", "new_val": {"name": "a", "lname": "b", "credit_limit": 10}, "name": "c"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "C", "new_val": "a"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "C", "new_val": {"uid": 9, "name": "a", "lname": "b", "credit_limit": 10}}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "R", "condition": {"nope": 1}}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "R", "condition": null}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "R", "where": {"uid": 1}}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "U", "new_val": {"name": "a"}}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "U", "condition": {"uid": 1}}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "U", "condition": {"uid": 1}, "new_val": {"uid": 2}}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "U", "condition": {"uid": 1}, "new_val": {"credit_balance": 1000}}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "D"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "D", "condition": {}}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event(NULL)$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('[]')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": 1}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "X"}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "C"}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "C", "name": "a", "lname": "b"}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "C", "name": "a", "lname": "b", "credit_limit": "10"}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "C", "name": "a", "lname": "b", "credit_limit": 10, "credit_balance": 11}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "C", "uid": 1, "name": "a", "lname": "b", "credit_limit": 10}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "C", "name": "a", "lname": "b", "credit_limit": 10, "admin": true}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "C", "new_val": {"name": "a", "lname": "b", "credit_limit": 10}, "name": "c"}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "C", "new_val": "a"}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "C", "new_val": {"uid": 9, "name": "a", "lname": "b", "credit_limit": 10}}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "R", "condition": {"nope": 1}}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "R", "condition": null}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "R", "where": {"uid": 1}}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "U", "new_val": {"name": "a"}}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "U", "condition": {"uid": 1}}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "U", "condition": {"uid": 1}, "new_val": {"uid": 2}}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "U", "condition": {"uid": 1}, "new_val": {"credit_balance": 1000}}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "D"}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "D", "condition": {}}')$$);
 SELECT pg_temp.users_state() = :'before' AS unchanged;
 
 -- read_users is STABLE: usable in a query, sees the calling snapshot.

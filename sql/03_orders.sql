@@ -3,13 +3,6 @@
 -- outbox message in the caller's transaction, and refuses bad input.
 --
 \set SHOW_CONTEXT never
-CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE q;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
 CREATE FUNCTION pg_temp.counts() RETURNS text LANGUAGE sql AS $$
 	SELECT format('orders=%s events=%s outbox=%s',
 	              (SELECT count(*) FROM ordflow.orders),
@@ -52,20 +45,20 @@ SELECT bool_and(b.payload::jsonb ->> 'symbol' IS NOT DISTINCT FROM a.symbol) AS 
   FROM ordflow.orders AS a JOIN ordflow.outbox AS b USING (order_id);
 
 -- Refusals (22023), nothing written.
-SELECT pg_temp.err($$SELECT ordflow.place_order()$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(uid => 1)$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(symbol => 'ABC')$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(amount => 0)$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(amount => -3)$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(amount => 'NaN')$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(amount => 'Infinity')$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(amount => '-Infinity')$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(amount => 1e15 + 0.001)$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(amount => 1e400)$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(quantity => 0)$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(quantity => -1, amount => 5)$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(quantity => 1, symbol => '')$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(quantity => 1, symbol => 'ABCDEFGHIJKLM')$$);
+SELECT regress_util.err($$SELECT ordflow.place_order()$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(uid => 1)$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(symbol => 'ABC')$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(amount => 0)$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(amount => -3)$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(amount => 'NaN')$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(amount => 'Infinity')$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(amount => '-Infinity')$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(amount => 1e15 + 0.001)$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(amount => 1e400)$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(quantity => 0)$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(quantity => -1, amount => 5)$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(quantity => 1, symbol => '')$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(quantity => 1, symbol => 'ABCDEFGHIJKLM')$$);
 SELECT pg_temp.counts();
 \set VERBOSITY default
 SELECT ordflow.place_order(amount => -1);

@@ -3,13 +3,6 @@
 -- the histogram percentile.
 --
 \set SHOW_CONTEXT never
-CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE q;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
 -- hist(bucket => count, ...) as a 256-element array (array index = bucket + 1).
 CREATE FUNCTION pg_temp.hist(VARIADIC pairs bigint[]) RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
@@ -50,9 +43,9 @@ SELECT ordflow._latency_percentile(pg_temp.hist(1, 1, 2, 1, 3, 1, 4, 1), 0.5)
 -- p = 0 is the first non-empty bucket, not bucket 0.
 SELECT ordflow._latency_percentile(pg_temp.hist(5, 1, 9, 1), 0)
          = ordflow._latency_percentile(pg_temp.hist(5, 1), 1) AS p0;
-SELECT pg_temp.err($$SELECT ordflow._latency_percentile('{1}', 1.01)$$);
-SELECT pg_temp.err($$SELECT ordflow._latency_percentile('{1}', -0.1)$$);
-SELECT pg_temp.err($$SELECT ordflow._latency_percentile('{1}', 'NaN')$$);
+SELECT regress_util.err($$SELECT ordflow._latency_percentile('{1}', 1.01)$$);
+SELECT regress_util.err($$SELECT ordflow._latency_percentile('{1}', -0.1)$$);
+SELECT regress_util.err($$SELECT ordflow._latency_percentile('{1}', 'NaN')$$);
 
 -- Synthetic per-worker totals, as two consumers would leave them.
 INSERT INTO ordflow.metrics_totals
@@ -134,4 +127,4 @@ SELECT ordflow._latency_percentiles(ARRAY[pg_temp.hist(10, 99, 200, 1), pg_temp.
                  ordflow._latency_percentile(pg_temp.hist(5, 1, 10, 99, 200, 2), 1)] AS same_as_summed,
        ordflow._latency_percentiles(ARRAY[pg_temp.hist(10, 1)], '{0.5, NULL}') AS with_null_p,
        ordflow._latency_percentiles(array_fill(0::bigint, ARRAY[2, 256]), '{0.5}') AS empty;
-SELECT pg_temp.err($$SELECT ordflow._latency_percentiles(ARRAY[pg_temp.hist(10, 1)], '{1.5}')$$);
+SELECT regress_util.err($$SELECT ordflow._latency_percentiles(ARRAY[pg_temp.hist(10, 1)], '{1.5}')$$);

@@ -4,13 +4,6 @@
 -- orders behind the test's back.
 --
 \set SHOW_CONTEXT never
-CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE q;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
 
 -- status() answers without error; its rows depend on worker timing.
 SELECT count(*) >= 0 AS status_ok FROM ordflow.status();
@@ -48,11 +41,11 @@ SELECT running, rate FROM ordflow.generator_state;
 SELECT count(*) FROM ordflow.generator_state;
 
 -- Invalid rates: 22023 and nothing changes.
-SELECT pg_temp.err($$SELECT ordflow.start(0)$$);
-SELECT pg_temp.err($$SELECT ordflow.start(-1)$$);
-SELECT pg_temp.err($$SELECT ordflow.start('NaN')$$);
-SELECT pg_temp.err($$SELECT ordflow.start('Infinity')$$);
-SELECT pg_temp.err($$SELECT ordflow.start(1000000.5)$$);
+SELECT regress_util.err($$SELECT ordflow.start(0)$$);
+SELECT regress_util.err($$SELECT ordflow.start(-1)$$);
+SELECT regress_util.err($$SELECT ordflow.start('NaN')$$);
+SELECT regress_util.err($$SELECT ordflow.start('Infinity')$$);
+SELECT regress_util.err($$SELECT ordflow.start(1000000.5)$$);
 SELECT running, rate FROM ordflow.generator_state;
 BEGIN;
 SELECT ordflow.start(1000000) AS max_rate_ok;
@@ -74,7 +67,7 @@ CREATE TEMP VIEW sizes AS
 	       (SELECT count(*) FROM ordflow.metrics_minute) AS minutes,
 	       (SELECT count(*) FROM ordflow.users) > 0 AS has_users;
 SELECT * FROM sizes;
-SELECT pg_temp.err($$SELECT ordflow.truncate(NULL)$$);
+SELECT regress_util.err($$SELECT ordflow.truncate(NULL)$$);
 SELECT * FROM sizes;
 -- Rolled back: nothing lost.
 BEGIN;

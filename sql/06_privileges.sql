@@ -3,14 +3,6 @@
 -- to roles without grants, and a hostile search_path changes nothing.
 --
 \set SHOW_CONTEXT never
-CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE q;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
-GRANT EXECUTE ON FUNCTION pg_temp.err(text) TO PUBLIC;
 
 CREATE ROLE ordflow_regress_nobody;
 CREATE ROLE ordflow_regress_operator;
@@ -19,24 +11,24 @@ GRANT EXECUTE ON FUNCTION ordflow.start(double precision), ordflow.stop(),
 	ordflow.truncate(boolean) TO ordflow_regress_operator;
 
 SET ROLE ordflow_regress_nobody;
-SELECT pg_temp.err($$SELECT ordflow.start()$$);
-SELECT pg_temp.err($$SELECT ordflow.stop()$$);
-SELECT pg_temp.err($$SELECT ordflow.truncate()$$);
-SELECT pg_temp.err($$SELECT ordflow.truncate(true)$$);
-SELECT pg_temp.err($$SELECT ordflow._apply_generator_state(true, 1)$$);
-SELECT pg_temp.err($$SELECT ordflow._truncated()$$);
-SELECT pg_temp.err($$SELECT * FROM ordflow.users$$);
-SELECT pg_temp.err($$SELECT * FROM ordflow.orders$$);
-SELECT pg_temp.err($$DELETE FROM ordflow.outbox$$);
-SELECT pg_temp.err($$UPDATE ordflow.generator_state SET running = true$$);
-SELECT pg_temp.err($$SELECT * FROM ordflow.dead_letters$$);
+SELECT regress_util.err($$SELECT ordflow.start()$$);
+SELECT regress_util.err($$SELECT ordflow.stop()$$);
+SELECT regress_util.err($$SELECT ordflow.truncate()$$);
+SELECT regress_util.err($$SELECT ordflow.truncate(true)$$);
+SELECT regress_util.err($$SELECT ordflow._apply_generator_state(true, 1)$$);
+SELECT regress_util.err($$SELECT ordflow._truncated()$$);
+SELECT regress_util.err($$SELECT * FROM ordflow.users$$);
+SELECT regress_util.err($$SELECT * FROM ordflow.orders$$);
+SELECT regress_util.err($$DELETE FROM ordflow.outbox$$);
+SELECT regress_util.err($$UPDATE ordflow.generator_state SET running = true$$);
+SELECT regress_util.err($$SELECT * FROM ordflow.dead_letters$$);
 -- The data functions run with the caller's rights, so without grants on the
 -- tables they are refused too.
-SELECT pg_temp.err($$SELECT ordflow.place_order(amount => 1)$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('a', 'b', 1)$$);
-SELECT pg_temp.err($$SELECT * FROM ordflow.read_users()$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "R"}')$$);
-SELECT pg_temp.err($$SELECT * FROM ordflow.metrics()$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(amount => 1)$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('a', 'b', 1)$$);
+SELECT regress_util.err($$SELECT * FROM ordflow.read_users()$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "R"}')$$);
+SELECT regress_util.err($$SELECT * FROM ordflow.metrics()$$);
 RESET ROLE;
 SELECT running, rate FROM ordflow.generator_state;
 
@@ -47,7 +39,7 @@ SELECT ordflow.start(2);
 SELECT ordflow.stop();
 ROLLBACK;
 SELECT ordflow.truncate();
-SELECT pg_temp.err($$SELECT * FROM ordflow.generator_state$$);
+SELECT regress_util.err($$SELECT * FROM ordflow.generator_state$$);
 RESET ROLE;
 
 -- Hostile search_path: a schema placed first shadows operators, functions
@@ -99,9 +91,9 @@ SELECT ordflow.create_user('Vic', 'Tim', 10) AS vic \gset
 SELECT name, credit_balance FROM ordflow.read_users(jsonb_build_object('uid', :eve::bigint));
 SELECT count(*) AS only_one FROM ordflow.read_users('{"name": "Vic"}');
 SELECT ordflow.update_users(jsonb_build_object('uid', :vic::bigint), '{"credit_balance": 5}') AS updated;
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"name": "Eve"}', '{"credit_balance": 1000}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"nope": 1}')$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(amount => -1)$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"name": "Eve"}', '{"credit_balance": 1000}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"nope": 1}')$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(amount => -1)$$);
 SELECT ordflow.user_event('{"type": "U", "condition": {"name": "Nobody"}, "new_val": {"name": "x"}}');
 SELECT ordflow.user_event('{"type": "R", "condition": {"name": "Vic"}}') -> 'users' -> 0 -> 'credit_balance' AS vic_balance;
 SELECT ordflow.place_order(uid => :eve, amount => 2.5) AS oid \gset

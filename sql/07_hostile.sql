@@ -11,16 +11,6 @@ SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS ordflow;
 RESET client_min_messages;
 
--- err(sql): "SQLSTATE: message"; a message longer than 120 characters is
--- cut and its length shown, so an input echoed back in full stands out.
-CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE q;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || CASE WHEN length(SQLERRM) > 120
-		THEN left(SQLERRM, 120) || '... (' || length(SQLERRM) || ' chars)' ELSE SQLERRM END;
-END $$;
 -- Fingerprint of everything a call could change.
 CREATE FUNCTION pg_temp.state() RETURNS text LANGUAGE sql AS $$
 	SELECT md5(concat_ws('/',
@@ -46,33 +36,33 @@ SELECT pg_temp.state() AS before \gset
 
 -- ---------------------------------------------------------------------------
 -- NULL in every argument position.
-SELECT pg_temp.err($$SELECT ordflow.create_user(NULL, NULL, NULL, NULL)$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user(NULL, 'x', 1, 1)$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', NULL, 1, 1)$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', 'y', NULL, 1)$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users(NULL, NULL)$$);
-SELECT pg_temp.err($$SELECT ordflow.delete_users(NULL)$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event(NULL)$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(NULL, NULL, NULL, NULL)$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(NULL, NULL, 'ABC', NULL)$$);
-SELECT pg_temp.err($$SELECT ordflow.truncate(NULL)$$);
-SELECT pg_temp.err($$SELECT ordflow._apply_generator_state(NULL, 1)$$);
+SELECT regress_util.err($$SELECT ordflow.create_user(NULL, NULL, NULL, NULL)$$);
+SELECT regress_util.err($$SELECT ordflow.create_user(NULL, 'x', 1, 1)$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', NULL, 1, 1)$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', 'y', NULL, 1)$$);
+SELECT regress_util.err($$SELECT ordflow.update_users(NULL, NULL)$$);
+SELECT regress_util.err($$SELECT ordflow.delete_users(NULL)$$);
+SELECT regress_util.err($$SELECT ordflow.user_event(NULL)$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(NULL, NULL, NULL, NULL)$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(NULL, NULL, 'ABC', NULL)$$);
+SELECT regress_util.err($$SELECT ordflow.truncate(NULL)$$);
+SELECT regress_util.err($$SELECT ordflow._apply_generator_state(NULL, 1)$$);
 -- STRICT functions answer NULL input with no rows / NULL, no error.
 SELECT count(*) AS history_rows FROM ordflow.metrics_history(NULL);
 SELECT ordflow._latency_percentile(NULL, NULL) IS NULL AS percentile_null;
 -- JSON null where an object is expected.
-SELECT pg_temp.err($$SELECT ordflow.read_users('null')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('null', 'null')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', 'null')$$);
-SELECT pg_temp.err($$SELECT ordflow.delete_users('null')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('null')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": null}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "C", "new_val": null}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "C", "name": null, "lname": "x", "credit_limit": 1}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "C", "name": "x", "lname": "y", "credit_limit": null}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "U", "condition": {"uid": 1}, "new_val": null}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "U", "condition": null, "new_val": {"name": "x"}}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "D", "condition": null}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('null')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('null', 'null')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', 'null')$$);
+SELECT regress_util.err($$SELECT ordflow.delete_users('null')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('null')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": null}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "C", "new_val": null}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "C", "name": null, "lname": "x", "credit_limit": 1}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "C", "name": "x", "lname": "y", "credit_limit": null}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "U", "condition": {"uid": 1}, "new_val": null}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "U", "condition": null, "new_val": {"name": "x"}}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "D", "condition": null}')$$);
 -- A JSON null condition value means IS NULL: it matches nobody (no column is nullable).
 SELECT count(*) AS matched FROM ordflow.read_users('{"uid": null}');
 SELECT ordflow.update_users('{"name": null}', '{"name": "x"}') AS updated;
@@ -87,88 +77,88 @@ SELECT pg_temp.state() = :'before' AS unchanged;
 
 -- ---------------------------------------------------------------------------
 -- Huge, tiny and non-finite numbers.
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', 'y', 1e1000)$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', 'y', 1e16)$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', 'y', -1e1000)$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', 'y', 1, 1e1000)$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', 'y', 'Infinity', 1)$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', 'y', '-Infinity')$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', 'y', 'NaN', 'NaN')$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', 'y', 1, 'Infinity')$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(amount => 1e1000)$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(amount => 1e16)$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(amount => -1e1000)$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(amount => 'NaN', quantity => 1)$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(amount => '-Infinity', quantity => 1)$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', 'y', 1e1000)$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', 'y', 1e16)$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', 'y', -1e1000)$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', 'y', 1, 1e1000)$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', 'y', 'Infinity', 1)$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', 'y', '-Infinity')$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', 'y', 'NaN', 'NaN')$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', 'y', 1, 'Infinity')$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(amount => 1e1000)$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(amount => 1e16)$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(amount => -1e1000)$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(amount => 'NaN', quantity => 1)$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(amount => '-Infinity', quantity => 1)$$);
 -- Positive but written with more digits than a consumer reads (63 characters).
-SELECT pg_temp.err($$SELECT ordflow.place_order(amount => 1e-1000)$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(amount => 1e-62)$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(amount => 5.000000000000000000000000000000000000000000000000000000000000000)$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(uid => '9223372036854775808', amount => 1)$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(quantity => '2147483648')$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(quantity => '-2147483648')$$);
-SELECT pg_temp.err($$SELECT ordflow.start('NaN')$$);
-SELECT pg_temp.err($$SELECT ordflow.start('Infinity')$$);
-SELECT pg_temp.err($$SELECT ordflow.start('-Infinity')$$);
-SELECT pg_temp.err($$SELECT ordflow.start(-1)$$);
-SELECT pg_temp.err($$SELECT ordflow.start(-0.0)$$);
-SELECT pg_temp.err($$SELECT ordflow.start(1e308)$$);
-SELECT pg_temp.err($$SELECT ordflow.start('1e309')$$);
-SELECT pg_temp.err($$SELECT ordflow._latency_percentile('{1}', 'NaN')$$);
-SELECT pg_temp.err($$SELECT ordflow._latency_percentile('{1}', '-Infinity')$$);
-SELECT pg_temp.err($$SELECT ordflow._latency_percentile('{1}', 1e308)$$);
-SELECT pg_temp.err($$SELECT * FROM ordflow.metrics_history('-100000000 years')$$);
-SELECT pg_temp.err($$SELECT * FROM ordflow.metrics_history('170000000 years')$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(amount => 1e-1000)$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(amount => 1e-62)$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(amount => 5.000000000000000000000000000000000000000000000000000000000000000)$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(uid => '9223372036854775808', amount => 1)$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(quantity => '2147483648')$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(quantity => '-2147483648')$$);
+SELECT regress_util.err($$SELECT ordflow.start('NaN')$$);
+SELECT regress_util.err($$SELECT ordflow.start('Infinity')$$);
+SELECT regress_util.err($$SELECT ordflow.start('-Infinity')$$);
+SELECT regress_util.err($$SELECT ordflow.start(-1)$$);
+SELECT regress_util.err($$SELECT ordflow.start(-0.0)$$);
+SELECT regress_util.err($$SELECT ordflow.start(1e308)$$);
+SELECT regress_util.err($$SELECT ordflow.start('1e309')$$);
+SELECT regress_util.err($$SELECT ordflow._latency_percentile('{1}', 'NaN')$$);
+SELECT regress_util.err($$SELECT ordflow._latency_percentile('{1}', '-Infinity')$$);
+SELECT regress_util.err($$SELECT ordflow._latency_percentile('{1}', 1e308)$$);
+SELECT regress_util.err($$SELECT * FROM ordflow.metrics_history('-100000000 years')$$);
+SELECT regress_util.err($$SELECT * FROM ordflow.metrics_history('170000000 years')$$);
 -- JSON numbers out of a column's range.
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"uid": 1e1000}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"uid": 9223372036854775808}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"uid": 1e-1000}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": 1e1000}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_balance": -1e1000}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": -9223372036854775809}', '{"name": "x"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "C", "name": "x", "lname": "y", "credit_limit": 1e1000}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "D", "condition": {"uid": 1e20}}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"uid": 1e1000}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"uid": 9223372036854775808}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"uid": 1e-1000}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": 1e1000}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_balance": -1e1000}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": -9223372036854775809}', '{"name": "x"}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "C", "name": "x", "lname": "y", "credit_limit": 1e1000}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "D", "condition": {"uid": 1e20}}')$$);
 -- Legal: a huge credit_limit condition just matches nobody.
 SELECT count(*) AS matched FROM ordflow.read_users('{"credit_limit": 1e1000}');
 SELECT pg_temp.state() = :'before' AS unchanged;
 
 -- ---------------------------------------------------------------------------
 -- Empty strings.
-SELECT pg_temp.err($$SELECT ordflow.read_users('')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('', '')$$);
-SELECT pg_temp.err($$SELECT ordflow.delete_users('')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": ""}')$$);
-SELECT pg_temp.err($$SELECT ordflow.start('')$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', 'y', '')$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(amount => '')$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(quantity => 1, symbol => '')$$);
-SELECT pg_temp.err($$SELECT * FROM ordflow.metrics_history('')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"": ""}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"": ""}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"uid": ""}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"created_at": ""}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": ""}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('', '')$$);
+SELECT regress_util.err($$SELECT ordflow.delete_users('')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": ""}')$$);
+SELECT regress_util.err($$SELECT ordflow.start('')$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', 'y', '')$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(amount => '')$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(quantity => 1, symbol => '')$$);
+SELECT regress_util.err($$SELECT * FROM ordflow.metrics_history('')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"": ""}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"": ""}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"uid": ""}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"created_at": ""}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": ""}')$$);
 SELECT pg_temp.state() = :'before' AS unchanged;
 
 -- ---------------------------------------------------------------------------
 -- Crafted keys: quotes, semicolons, identifiers, escapes, look-alikes.
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"uid\"; DROP TABLE ordflow.users; --": 1}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"name'' OR ''1''=''1": "x"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"($1).uid": 1}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"%I": 1}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"uid ": 1}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"\tuid": 1}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"u\u0069d": 1}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"n\u0430me": "x"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"uid\u0000": 1}')$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users('{"name": "\u0000"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"name\"=name, credit_balance": 0}')$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_balance = 0 --": 0}')$$);
-SELECT pg_temp.err($$SELECT ordflow.delete_users('{"uid IS NOT NULL OR uid": 1}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "R", "condition": {"uid;--": 1}}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "C\"; DROP TABLE ordflow.users; --"}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "U", "condition": {"uid": 1}, "new_val": {"credit_balance\"=0,\"name": "x"}}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"uid\"; DROP TABLE ordflow.users; --": 1}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"name'' OR ''1''=''1": "x"}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"($1).uid": 1}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"%I": 1}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"uid ": 1}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"\tuid": 1}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"u\u0069d": 1}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"n\u0430me": "x"}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"uid\u0000": 1}')$$);
+SELECT regress_util.err($$SELECT ordflow.read_users('{"name": "\u0000"}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"name\"=name, credit_balance": 0}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_balance = 0 --": 0}')$$);
+SELECT regress_util.err($$SELECT ordflow.delete_users('{"uid IS NOT NULL OR uid": 1}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "R", "condition": {"uid;--": 1}}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "C\"; DROP TABLE ordflow.users; --"}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "U", "condition": {"uid": 1}, "new_val": {"credit_balance\"=0,\"name": "x"}}')$$);
 -- \u0069 decodes to "i": that key is plain uid, a legal condition.
 SELECT count(*) AS matched FROM ordflow.read_users('{"u\u0069d": 1}');
 -- Escaped-looking values are just values.
@@ -180,22 +170,22 @@ SELECT pg_temp.state() = :'before' AS unchanged;
 -- Size: 10 MB objects, a 10 MB key, a 10 MB string, a 10 MB symbol.
 SELECT jsonb_object_agg('k' || i, i) AS big FROM generate_series(1, 600000) AS i \gset
 SELECT length(:'big') > 10000000 AS ten_mb;
-SELECT pg_temp.err(format('SELECT ordflow.read_users(%L)', :'big'));
-SELECT pg_temp.err(format('SELECT ordflow.update_users(%L, %L)', '{"uid": 1}', :'big'));
-SELECT pg_temp.err(format('SELECT ordflow.update_users(%L, %L)', :'big', '{"name": "x"}'));
-SELECT pg_temp.err(format('SELECT ordflow.delete_users(%L)', :'big'));
-SELECT pg_temp.err(format('SELECT ordflow.user_event(%L::jsonb || %L)', :'big', '{"type": "R"}'));
-SELECT pg_temp.err(format('SELECT ordflow.user_event(jsonb_build_object(%L, %L::jsonb))', 'type', :'big'));
-SELECT pg_temp.err(format('SELECT ordflow.user_event(jsonb_build_object(%L, %L, %L, %L::jsonb))',
+SELECT regress_util.err(format('SELECT ordflow.read_users(%L)', :'big'));
+SELECT regress_util.err(format('SELECT ordflow.update_users(%L, %L)', '{"uid": 1}', :'big'));
+SELECT regress_util.err(format('SELECT ordflow.update_users(%L, %L)', :'big', '{"name": "x"}'));
+SELECT regress_util.err(format('SELECT ordflow.delete_users(%L)', :'big'));
+SELECT regress_util.err(format('SELECT ordflow.user_event(%L::jsonb || %L)', :'big', '{"type": "R"}'));
+SELECT regress_util.err(format('SELECT ordflow.user_event(jsonb_build_object(%L, %L::jsonb))', 'type', :'big'));
+SELECT regress_util.err(format('SELECT ordflow.user_event(jsonb_build_object(%L, %L, %L, %L::jsonb))',
                           'type', 'U', 'condition', :'big'));
 \unset big
-SELECT pg_temp.err($$SELECT ordflow.read_users(jsonb_build_object(repeat('k', 10000000), 1))$$);
-SELECT pg_temp.err($$SELECT ordflow.update_users('{"uid": 1}', jsonb_build_object(repeat('k', 10000000), 1))$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event(jsonb_build_object('type', repeat('C', 10000000)))$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users(jsonb_build_object('uid', repeat('1', 10000000)))$$);
-SELECT pg_temp.err($$SELECT ordflow.read_users(jsonb_build_object('credit_limit', repeat('9', 10000000)::numeric))$$);
-SELECT pg_temp.err($$SELECT ordflow.place_order(quantity => 1, symbol => repeat('S', 10000000))$$);
-SELECT pg_temp.err($$SELECT ordflow.create_user('x', 'y', repeat('9', 100000)::numeric)$$);
+SELECT regress_util.err($$SELECT ordflow.read_users(jsonb_build_object(repeat('k', 10000000), 1))$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{"uid": 1}', jsonb_build_object(repeat('k', 10000000), 1))$$);
+SELECT regress_util.err($$SELECT ordflow.user_event(jsonb_build_object('type', repeat('C', 10000000)))$$);
+SELECT regress_util.err($$SELECT ordflow.read_users(jsonb_build_object('uid', repeat('1', 10000000)))$$);
+SELECT regress_util.err($$SELECT ordflow.read_users(jsonb_build_object('credit_limit', repeat('9', 10000000)::numeric))$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(quantity => 1, symbol => repeat('S', 10000000))$$);
+SELECT regress_util.err($$SELECT ordflow.create_user('x', 'y', repeat('9', 100000)::numeric)$$);
 -- Legal though large: a 10 MB name is data (rolled back).
 BEGIN;
 SELECT count(*) AS matched FROM ordflow.read_users(jsonb_build_object('name', repeat('x', 10000000)));
@@ -207,13 +197,13 @@ SELECT pg_temp.state() = :'before' AS unchanged;
 -- ---------------------------------------------------------------------------
 -- Deep nesting.  jsonb itself accepts 1000 levels; far deeper input is
 -- refused by PostgreSQL's parser with a clean "stack depth" error.
-SELECT pg_temp.err(format($$SELECT ordflow.read_users('{"name": %s1%s}')$$, repeat('[', 1000), repeat(']', 1000)));
-SELECT pg_temp.err(format($$SELECT ordflow.read_users('{"uid": %s}')$$, repeat('{"a":', 1000) || '1' || repeat('}', 1000)));
-SELECT pg_temp.err(format($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": %s1%s}')$$, repeat('[', 1000), repeat(']', 1000)));
-SELECT pg_temp.err(format($$SELECT ordflow.user_event('{"type": "R", "condition": {"lname": %s1%s}}')$$, repeat('[', 1000), repeat(']', 1000)));
-SELECT pg_temp.err(format($$SELECT ordflow.user_event('{"type": "C", "x": %s1%s}')$$, repeat('[', 1000), repeat(']', 1000)));
-SELECT pg_temp.err(format($$SELECT ordflow.read_users('{"name": %s1%s}')$$, repeat($q$[$q$, 100000), repeat($q$]$q$, 100000)));
-SELECT pg_temp.err(format($$SELECT ordflow.user_event('%s1%s')$$, repeat($q${"type": "R", "condition": $q$, 100000), repeat($q$}$q$, 100000)));
+SELECT regress_util.err(format($$SELECT ordflow.read_users('{"name": %s1%s}')$$, repeat('[', 1000), repeat(']', 1000)));
+SELECT regress_util.err(format($$SELECT ordflow.read_users('{"uid": %s}')$$, repeat('{"a":', 1000) || '1' || repeat('}', 1000)));
+SELECT regress_util.err(format($$SELECT ordflow.update_users('{"uid": 1}', '{"credit_limit": %s1%s}')$$, repeat('[', 1000), repeat(']', 1000)));
+SELECT regress_util.err(format($$SELECT ordflow.user_event('{"type": "R", "condition": {"lname": %s1%s}}')$$, repeat('[', 1000), repeat(']', 1000)));
+SELECT regress_util.err(format($$SELECT ordflow.user_event('{"type": "C", "x": %s1%s}')$$, repeat('[', 1000), repeat(']', 1000)));
+SELECT regress_util.err(format($$SELECT ordflow.read_users('{"name": %s1%s}')$$, repeat($q$[$q$, 100000), repeat($q$]$q$, 100000)));
+SELECT regress_util.err(format($$SELECT ordflow.user_event('%s1%s')$$, repeat($q${"type": "R", "condition": $q$, 100000), repeat($q$}$q$, 100000)));
 SELECT pg_temp.state() = :'before' AS unchanged;
 
 -- Every worker-facing state is as it was, and the generator never ran.

@@ -5,14 +5,6 @@
 -- host names, ports and paths only to roles that may read settings.
 --
 \set SHOW_CONTEXT never
-CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE q;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
-GRANT EXECUTE ON FUNCTION pg_temp.err(text) TO PUBLIC;
 
 CREATE ROLE ordflow_regress_placer;
 CREATE ROLE ordflow_regress_stranger;
@@ -22,16 +14,16 @@ GRANT EXECUTE ON FUNCTION ordflow.place_order(bigint, numeric, text, int) TO ord
 -- EXECUTE is all a placing role needs, and all it gets.
 SET ROLE ordflow_regress_placer;
 SELECT ordflow.place_order(amount => 5, symbol => 'TRU') > 0 AS placed;
-SELECT pg_temp.err($$INSERT INTO ordflow.outbox (order_id, routing_key, payload) VALUES (1, 'user.D', '{"type":"D","condition":{}}')$$);
-SELECT pg_temp.err($$INSERT INTO ordflow.orders (amount) VALUES (1)$$);
-SELECT pg_temp.err($$INSERT INTO ordflow.order_events (order_id, status) VALUES (1, 'completed')$$);
-SELECT pg_temp.err($$UPDATE ordflow.outbox SET routing_key = 'user.D'$$);
-SELECT pg_temp.err($$SELECT count(*) FROM ordflow.dead_letters$$);
+SELECT regress_util.err($$INSERT INTO ordflow.outbox (order_id, routing_key, payload) VALUES (1, 'user.D', '{"type":"D","condition":{}}')$$);
+SELECT regress_util.err($$INSERT INTO ordflow.orders (amount) VALUES (1)$$);
+SELECT regress_util.err($$INSERT INTO ordflow.order_events (order_id, status) VALUES (1, 'completed')$$);
+SELECT regress_util.err($$UPDATE ordflow.outbox SET routing_key = 'user.D'$$);
+SELECT regress_util.err($$SELECT count(*) FROM ordflow.dead_letters$$);
 RESET ROLE;
 
 -- Without the grant, placing is refused.
 SET ROLE ordflow_regress_stranger;
-SELECT pg_temp.err($$SELECT ordflow.place_order(amount => 5)$$);
+SELECT regress_util.err($$SELECT ordflow.place_order(amount => 5)$$);
 RESET ROLE;
 
 -- The order the placer made is queued like any other.
@@ -41,8 +33,8 @@ SELECT o.symbol, o.source, b.kind, b.routing_key
 
 -- update_users refuses an empty condition, as delete_users does.
 SELECT ordflow.create_user('Trust', 'Test', 10) > 0 AS created;
-SELECT pg_temp.err($$SELECT ordflow.update_users('{}', '{"credit_balance": 0}')$$);
-SELECT pg_temp.err($$SELECT ordflow.user_event('{"type": "U", "condition": {}, "new_val": {"credit_balance": 0}}')$$);
+SELECT regress_util.err($$SELECT ordflow.update_users('{}', '{"credit_balance": 0}')$$);
+SELECT regress_util.err($$SELECT ordflow.user_event('{"type": "U", "condition": {}, "new_val": {"credit_balance": 0}}')$$);
 SELECT credit_balance FROM ordflow.users WHERE lname = 'Test';
 
 -- Dead letters: one copy of the body; body_text is computed, NULL when the

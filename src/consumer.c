@@ -117,7 +117,7 @@ typedef struct BatchWork
 	int			n;
 	int			worker_no;
 	OfBatchStats stats;
-	bool		missing;		/* the extension was dropped */
+	bool		extension_gone; /* DROP EXTENSION ordflow happened */
 } BatchWork;
 
 static void
@@ -129,7 +129,7 @@ process_batch_tx(void *arg)
 	if (of_extension_exists())
 		of_process_batch(w->msgs, w->n, w->worker_no, &w->stats);
 	else
-		w->missing = true;
+		w->extension_gone = true;
 }
 
 static void
@@ -141,7 +141,7 @@ store_dead_letter_tx(void *arg)
 	if (of_extension_exists())
 		of_store_dead_letters(w->msgs, w->n, &w->stats);
 	else
-		w->missing = true;
+		w->extension_gone = true;
 }
 
 /* After the commit: acknowledge, count, tell. */
@@ -154,9 +154,9 @@ finish_batch(OfAmqp *a, OfWorkerSlot *slot, BatchWork *w)
 		of_wake_slot(OF_SLOT_RELAY);
 	if (w->stats.generated > 0)
 	{
-		SpinLockAcquire(&OfState->mutex);
+		LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
 		OfState->generated_processed += w->stats.generated;
-		SpinLockRelease(&OfState->mutex);
+		LWLockRelease(OfState->lock);
 	}
 	/* after a truncate() every batch has some: keep them out of the log */
 	if (w->stats.stale > 0)
@@ -188,7 +188,7 @@ batch_failed(OfAmqp *a, OfWorkerSlot *slot, BatchWork *w, ErrorData *err, RetryS
 		m->outcome = OF_OUT_DEAD;
 		m->error = psprintf("failed again when retried alone: %s", err->message);
 		if (of_run_in_tx(slot, "ordflow consumer: storing a dead letter",
-						 store_dead_letter_tx, w) == NULL && !w->missing)
+						 store_dead_letter_tx, w) == NULL && !w->extension_gone)
 		{
 			finish_batch(a, slot, w);
 			return;
@@ -294,7 +294,7 @@ ordflow_consumer_main(Datum main_arg)
 
 		of_slot_set_state(slot, "processing");
 		err = of_run_in_tx(slot, "ordflow consumer: processing a batch", process_batch_tx, &w);
-		if (w.missing)
+		if (w.extension_gone)
 		{
 			/* Give the messages back untouched and leave quietly. */
 			of_amqp_requeue(&a, msgs[w.n - 1].delivery_tag);

@@ -59,7 +59,7 @@ ordflow_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (OfState != NULL && (n_pending_gen > 0 || pending_truncated))
 			{
-				SpinLockAcquire(&OfState->mutex);
+				LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
 				if (n_pending_gen > 0)
 				{
 					OfState->gen_running = pending_gen[n_pending_gen - 1].running;
@@ -73,7 +73,7 @@ ordflow_xact_callback(XactEvent event, void *arg)
 					/* truncated orders will never be processed: forget them */
 					OfState->orders_generated = OfState->generated_processed;
 				}
-				SpinLockRelease(&OfState->mutex);
+				LWLockRelease(OfState->lock);
 			}
 			if (n_pending_gen > 0 || pending_truncated)
 				of_wake_slot(OF_SLOT_GENERATOR);
@@ -201,9 +201,9 @@ ordflow_status(PG_FUNCTION_ARGS)
 		PG_RETURN_VOID();
 
 	copy = palloc(sizeof(OfWorkerSlot) * OF_NUM_SLOTS);
-	SpinLockAcquire(&OfState->mutex);
+	LWLockAcquire(OfState->lock, LW_SHARED);
 	memcpy(copy, OfState->slots, sizeof(OfWorkerSlot) * OF_NUM_SLOTS);
-	SpinLockRelease(&OfState->mutex);
+	LWLockRelease(OfState->lock);
 
 	for (i = 0; i < OF_NUM_SLOTS; i++)
 	{

@@ -103,9 +103,9 @@ make_orders(int n)
 	int			i;
 	uint32		truncate_version;
 
-	SpinLockAcquire(&OfState->mutex);
+	LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
 	truncate_version = OfState->truncate_version;
-	SpinLockRelease(&OfState->mutex);
+	LWLockRelease(OfState->lock);
 	if (user_ids == NULL || truncate_version != users_truncate_version ||
 		TimestampDifferenceExceeds(users_loaded_at, GetCurrentTimestamp(), GEN_USERS_REFRESH_MS))
 	{
@@ -156,10 +156,10 @@ throttled(OfWorkerSlot *slot)
 
 	if (ordflow_generator_max_backlog <= 0)
 		return false;
-	SpinLockAcquire(&OfState->mutex);
+	LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
 	made = OfState->orders_generated;
 	done = OfState->generated_processed;
-	SpinLockRelease(&OfState->mutex);
+	LWLockRelease(OfState->lock);
 	if (made <= done || made - done <= (uint64) ordflow_generator_max_backlog)
 		return false;
 	of_slot_set_state(slot, "paused: backlog above ordflow.generator_max_backlog");
@@ -170,7 +170,7 @@ typedef struct GenerateWork
 {
 	int			requested;
 	uint64		inserted;
-	bool		missing;		/* the extension was dropped */
+	bool		extension_gone; /* DROP EXTENSION ordflow happened */
 } GenerateWork;
 
 static void
@@ -181,7 +181,7 @@ generate_tx(void *arg)
 	if (of_extension_exists())
 		w->inserted = make_orders(w->requested);
 	else
-		w->missing = true;
+		w->extension_gone = true;
 }
 
 void
@@ -209,11 +209,11 @@ ordflow_generator_main(Datum main_arg)
 		of_worker_interrupts();
 		MemoryContextReset(loop_cxt);
 
-		SpinLockAcquire(&OfState->mutex);
+		LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
 		running = OfState->gen_running;
 		rate = OfState->gen_rate > 0 ? OfState->gen_rate : ordflow_generator_rate;
 		version = OfState->gen_version;
-		SpinLockRelease(&OfState->mutex);
+		LWLockRelease(OfState->lock);
 
 		if (!running || throttled(slot))
 		{
@@ -261,7 +261,7 @@ ordflow_generator_main(Datum main_arg)
 			err = of_run_in_tx(slot, "ordflow generator: making orders", generate_tx, &w);
 			MemoryContextSwitchTo(oldcxt);
 			/* Extension dropped: leave quietly; the supervisor decides. */
-			if (w.missing)
+			if (w.extension_gone)
 				proc_exit(0);
 			if (err != NULL)
 			{
@@ -272,9 +272,9 @@ ordflow_generator_main(Datum main_arg)
 			tokens -= n;
 			/* back-pressure counts only the orders that exist */
 			of_slot_add_processed(slot, w.inserted);
-			SpinLockAcquire(&OfState->mutex);
+			LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
 			OfState->orders_generated += w.inserted;
-			SpinLockRelease(&OfState->mutex);
+			LWLockRelease(OfState->lock);
 			of_wake_slot(OF_SLOT_RELAY);
 		}
 

@@ -13,7 +13,7 @@
 
 #include "datatype/timestamp.h"
 #include "storage/latch.h"
-#include "storage/spin.h"
+#include "storage/lwlock.h"
 
 /* ---- settings (ordflow.c) ---- */
 extern char *ordflow_database;
@@ -95,7 +95,7 @@ typedef struct OfWorkerSlot
 
 typedef struct OfShared
 {
-	slock_t		mutex;			/* protects everything below */
+	LWLock	   *lock;			/* protects everything below */
 	bool		gen_loaded;		/* run state read from ordflow.generator_state */
 	bool		gen_running;
 	double		gen_rate;		/* orders per second; <= 0 means use the GUC */
@@ -108,6 +108,7 @@ typedef struct OfShared
 
 extern OfShared *OfState;
 
+extern void of_shmem_request(void);
 extern void of_shmem_startup(void);
 extern Size of_shmem_size(void);
 

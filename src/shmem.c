@@ -22,12 +22,18 @@
 
 OfShared   *OfState = NULL;
 
-static OfWorkerSlot *MySlot = NULL;
-
 Size
 of_shmem_size(void)
 {
 	return MAXALIGN(sizeof(OfShared));
+}
+
+/* From the shmem_request_hook. */
+void
+of_shmem_request(void)
+{
+	RequestAddinShmemSpace(of_shmem_size());
+	RequestNamedLWLockTranche("ordflow", 1);
 }
 
 void
@@ -40,7 +46,7 @@ of_shmem_startup(void)
 	if (!found)
 	{
 		memset(OfState, 0, of_shmem_size());
-		SpinLockInit(&OfState->mutex);
+		OfState->lock = &(GetNamedLWLockTranche("ordflow"))->lock;
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -49,49 +55,64 @@ static void
 of_slot_detach(int code, Datum arg)
 {
 	OfWorkerSlot *slot = (OfWorkerSlot *) DatumGetPointer(arg);
+	TimestampTz now = GetCurrentTimestamp();
 
-	SpinLockAcquire(&OfState->mutex);
+	LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
 	if (slot->pid == MyProcPid)
 	{
 		slot->pid = 0;
 		slot->latch = NULL;
 		slot->connected = false;
 		strlcpy(slot->state, "exited", OF_STATE_LEN);
-		slot->since = GetCurrentTimestamp();
+		slot->since = now;
 	}
-	SpinLockRelease(&OfState->mutex);
-	MySlot = NULL;
+	LWLockRelease(OfState->lock);
 }
 
 OfWorkerSlot *
 of_slot_attach(int slotno, OfWorkerKind kind, int index)
 {
 	OfWorkerSlot *slot;
+	TimestampTz now;
+	pid_t		holder;
+	bool		claimed = false;
 
 	Assert(slotno >= 0 && slotno < OF_NUM_SLOTS);
 	slot = &OfState->slots[slotno];
+	now = GetCurrentTimestamp();
 
-	SpinLockAcquire(&OfState->mutex);
-	/* A restarted supervisor may launch a twin of a worker that still runs. */
-	if (slot->pid != 0 && slot->pid != MyProcPid && kill(slot->pid, 0) == 0)
+	/*
+	 * A restarted supervisor may launch a twin of a worker that still runs.
+	 * kill() is a system call, so it happens outside the lock; the slot is
+	 * claimed only if its holder is still the one found dead.
+	 */
+	while (!claimed)
 	{
-		SpinLockRelease(&OfState->mutex);
-		return NULL;
-	}
-	slot->kind = kind;
-	slot->index = index;
-	slot->pid = MyProcPid;
-	slot->latch = MyLatch;
-	slot->connected = false;
-	slot->since = GetCurrentTimestamp();
-	strlcpy(slot->state, "starting", OF_STATE_LEN);
-	slot->processed = 0;
-	slot->last_error[0] = '\0';
-	slot->error_class[0] = '\0';
-	slot->node[0] = '\0';
-	SpinLockRelease(&OfState->mutex);
+		LWLockAcquire(OfState->lock, LW_SHARED);
+		holder = slot->pid;
+		LWLockRelease(OfState->lock);
+		if (holder != 0 && holder != MyProcPid && kill(holder, 0) == 0)
+			return NULL;
 
-	MySlot = slot;
+		LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
+		if (slot->pid == holder)
+		{
+			slot->kind = kind;
+			slot->index = index;
+			slot->pid = MyProcPid;
+			slot->latch = MyLatch;
+			slot->connected = false;
+			slot->since = now;
+			strlcpy(slot->state, "starting", OF_STATE_LEN);
+			slot->processed = 0;
+			slot->last_error[0] = '\0';
+			slot->error_class[0] = '\0';
+			slot->node[0] = '\0';
+			claimed = true;
+		}
+		LWLockRelease(OfState->lock);
+	}
+
 	on_shmem_exit(of_slot_detach, PointerGetDatum(slot));
 	return slot;
 }
@@ -99,20 +120,23 @@ of_slot_attach(int slotno, OfWorkerKind kind, int index)
 void
 of_slot_set_state(OfWorkerSlot *slot, const char *state)
 {
+	TimestampTz now;
+
 	if (strncmp(slot->state, state, OF_STATE_LEN) == 0)
 		return;					/* only the owner writes, so this read is safe */
-	SpinLockAcquire(&OfState->mutex);
+	now = GetCurrentTimestamp();
+	LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
 	strlcpy(slot->state, state, OF_STATE_LEN);
-	slot->since = GetCurrentTimestamp();
-	SpinLockRelease(&OfState->mutex);
+	slot->since = now;
+	LWLockRelease(OfState->lock);
 }
 
 void
 of_slot_set_connected(OfWorkerSlot *slot, bool connected)
 {
-	SpinLockAcquire(&OfState->mutex);
+	LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
 	slot->connected = connected;
-	SpinLockRelease(&OfState->mutex);
+	LWLockRelease(OfState->lock);
 }
 
 /*
@@ -123,27 +147,27 @@ of_slot_set_connected(OfWorkerSlot *slot, bool connected)
 void
 of_slot_set_error(OfWorkerSlot *slot, const char *error, const char *error_class)
 {
-	SpinLockAcquire(&OfState->mutex);
+	LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
 	strlcpy(slot->last_error, error ? error : "", OF_ERROR_LEN);
 	strlcpy(slot->error_class, error_class ? error_class : (error ? error : ""),
 			OF_STATE_LEN);
-	SpinLockRelease(&OfState->mutex);
+	LWLockRelease(OfState->lock);
 }
 
 void
 of_slot_set_node(OfWorkerSlot *slot, const char *node)
 {
-	SpinLockAcquire(&OfState->mutex);
+	LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
 	strlcpy(slot->node, node ? node : "", OF_NODE_LEN);
-	SpinLockRelease(&OfState->mutex);
+	LWLockRelease(OfState->lock);
 }
 
 void
 of_slot_add_processed(OfWorkerSlot *slot, uint64 n)
 {
-	SpinLockAcquire(&OfState->mutex);
+	LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
 	slot->processed += n;
-	SpinLockRelease(&OfState->mutex);
+	LWLockRelease(OfState->lock);
 }
 
 /* Wake the worker in a slot, if it runs.  Safe from any backend. */
@@ -154,9 +178,9 @@ of_wake_slot(int slotno)
 
 	if (OfState == NULL)
 		return;
-	SpinLockAcquire(&OfState->mutex);
+	LWLockAcquire(OfState->lock, LW_SHARED);
 	latch = OfState->slots[slotno].pid != 0 ? OfState->slots[slotno].latch : NULL;
-	SpinLockRelease(&OfState->mutex);
+	LWLockRelease(OfState->lock);
 	if (latch)
 		SetLatch(latch);
 }

@@ -73,9 +73,9 @@ child_running(int slotno)
 		/* adopted from a previous supervisor: alive while its slot is held */
 		pid_t		held;
 
-		SpinLockAcquire(&OfState->mutex);
+		LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
 		held = OfState->slots[slotno].pid;
-		SpinLockRelease(&OfState->mutex);
+		LWLockRelease(OfState->lock);
 		return held != 0 && kill(held, 0) == 0;
 	}
 	if (GetBackgroundWorkerPid(children[slotno].handle, &pid) == BGWH_STOPPED)
@@ -152,9 +152,9 @@ stop_child(int slotno)
 		{
 			pid_t		held;
 
-			SpinLockAcquire(&OfState->mutex);
+			LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
 			held = OfState->slots[slotno].pid;
-			SpinLockRelease(&OfState->mutex);
+			LWLockRelease(OfState->lock);
 			if (held != 0)
 				kill(held, SIGTERM);
 		}
@@ -170,9 +170,9 @@ load_generator_state(void *arg)
 {
 	bool		loaded;
 
-	SpinLockAcquire(&OfState->mutex);
+	LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
 	loaded = OfState->gen_loaded;
-	SpinLockRelease(&OfState->mutex);
+	LWLockRelease(OfState->lock);
 	if (loaded)
 		return;
 
@@ -184,7 +184,7 @@ load_generator_state(void *arg)
 														 SPI_tuptable->tupdesc, 1, &isnull));
 		Datum		rate = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 
-		SpinLockAcquire(&OfState->mutex);
+		LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
 		if (!OfState->gen_loaded)
 		{
 			OfState->gen_running = running;
@@ -192,7 +192,7 @@ load_generator_state(void *arg)
 			OfState->gen_loaded = true;
 			OfState->gen_version++;
 		}
-		SpinLockRelease(&OfState->mutex);
+		LWLockRelease(OfState->lock);
 	}
 }
 
@@ -325,10 +325,10 @@ ordflow_supervisor_main(Datum main_arg)
 									 ordflow_database)));
 			of_slot_set_state(slot, "waiting for CREATE EXTENSION ordflow");
 			/* Workers exit by themselves; forget the persisted state. */
-			SpinLockAcquire(&OfState->mutex);
+			LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
 			OfState->gen_loaded = false;
 			OfState->gen_running = false;
-			SpinLockRelease(&OfState->mutex);
+			LWLockRelease(OfState->lock);
 			for (int i = OF_SLOT_GENERATOR; i < OF_NUM_SLOTS; i++)
 				stop_child(i);
 		}

@@ -44,6 +44,7 @@ for my $f (@files)
 my $mq   = OrdflowTest::start_broker();
 my $node = OrdflowTest::new_node('corpus', broker => $mq);
 $node->safe_psql('postgres', 'CREATE EXTENSION ordflow');
+OrdflowTest::enable_user_events($node);
 
 sub sq { return $node->safe_psql('postgres', $_[0]); }
 
