@@ -91,6 +91,18 @@ SELECT orders_per_second
   FROM ordflow.metrics();
 COMMIT;
 
+-- A pipeline that has run at 100 orders/s for 25 s reports 100/s: the rate
+-- is measured from the first order processed, not from the start of the
+-- minute before it.
+BEGIN;
+DELETE FROM ordflow.metrics_minute;
+INSERT INTO ordflow.metrics_minute
+	(minute, worker, processed, completed, declined, sum_price, latency_hist, first_at, last_at)
+VALUES (date_trunc('minute', now() - interval '25 seconds'), 1, 2500, 2500, 0, 2500,
+        pg_temp.hist(3, 2500), now() - interval '25 seconds', now());
+SELECT orders_per_second FROM ordflow.metrics();
+COMMIT;
+
 -- metrics_history: per minute, summed across workers, ordered, windowed.
 BEGIN;
 DELETE FROM ordflow.metrics_minute;
