@@ -2,7 +2,7 @@
 
 MODULE_big = ordflow
 OBJS = \
-	ordflow.o \
+	src/ordflow.o \
 	src/shmem.o \
 	src/control.o \
 	src/order_message.o \

@@ -25,6 +25,7 @@
 #include "utils/tuplestore.h"
 
 #include "ordflow.h"
+#include "shmem.h"
 
 PG_FUNCTION_INFO_V1(ordflow_status);
 PG_FUNCTION_INFO_V1(ordflow_apply_generator_state);

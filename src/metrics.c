@@ -18,6 +18,7 @@
 #include "fmgr.h"
 #include "utils/array.h"
 
+#include "metrics.h"
 #include "ordflow.h"
 
 PG_FUNCTION_INFO_V1(ordflow_latency_percentile);

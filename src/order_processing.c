@@ -33,6 +33,7 @@
 #include "utils/timestamp.h"
 
 #include "order_processing.h"
+#include "metrics.h"
 #include "ordflow.h"
 #include "spi_util.h"
 

@@ -19,6 +19,7 @@
 #include "utils/timestamp.h"
 
 #include "ordflow.h"
+#include "shmem.h"
 
 OfShared   *OfState = NULL;
 

@@ -9,6 +9,7 @@
 #define ORDFLOW_WORKER_COMMON_H
 
 #include "ordflow.h"
+#include "shmem.h"
 
 extern OfWorkerSlot *of_worker_start(int slotno, OfWorkerKind kind, int index);
 extern void of_worker_interrupts(void);

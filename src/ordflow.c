@@ -25,6 +25,7 @@
 
 #include "amqp_conn.h"
 #include "ordflow.h"
+#include "shmem.h"
 
 PG_MODULE_MAGIC;
 
