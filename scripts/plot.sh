@@ -64,7 +64,7 @@ PSQL=$PG_BINDIR/psql
 query()
 {
 	if [ -n "$DSN" ]; then
-		"$PSQL" -X -q -A -t -F, -v ON_ERROR_STOP=1 -v since="$SINCE" -d "$DSN" -f -
+		"$PSQL" -X -q -A -t -F ',' -v ON_ERROR_STOP=1 -v since="$SINCE" -d "$DSN" -f -
 		return
 	fi
 	# the demo's server, found the way scripts/demo.sh finds it
@@ -79,7 +79,7 @@ query()
 	[ -f "$run/ports.env" ] || die "no demo server found ($run/ports.env is missing): start scripts/demo.sh or pass --dsn"
 	pg_port=$(sed -n 's/^PG_PORT=\([0-9]*\)$/\1/p' "$run/ports.env")
 	[ -n "$pg_port" ] || die "no PG_PORT in $run/ports.env"
-	local cmd=("$PSQL" -X -q -A -t -F, -v ON_ERROR_STOP=1 -v since="$SINCE"
+	local cmd=("$PSQL" -X -q -A -t -F ',' -v ON_ERROR_STOP=1 -v since="$SINCE"
 		-h "$run/sock" -p "$pg_port" -U postgres -d postgres -f -)
 	case $(id -un) in
 		postgres) "${cmd[@]}" ;;

@@ -12,7 +12,8 @@
 # on a database with ordflow 1.0 (dead_letters a table there, a view in
 # 1.1).  Then scripts/plot.sh draws metrics_history() of this node into a
 # PNG (signature, header, size, exit status), and exits 2 without writing
-# anything on a node without history.
+# anything on a node without history; bench/plot.sh (bench/run.sh's plots)
+# draws both PNGs from a small sample in bench/out's format.
 
 use strict;
 use warnings;
@@ -422,5 +423,40 @@ IPC::Run::run([ 'bash', "$root/scripts/plot.sh", '--dsn', $dsn10, '--output', $p
 is($? >> 8, 2, 'scripts/plot.sh exits 2 when there is no history');
 like($err, qr/nothing to plot/, 'and says why');
 ok(!-e $png2, 'and writes no file');
+
+# ---------------------------------------------------------------------------
+# 7. bench/plot.sh (what bench/run.sh calls at its end) on a small sample
+# in bench/out's format: both PNGs drawn
+
+my $bdir = PostgreSQL::Test::Utils::tempdir('bench_out');
+my $run_id = '2026-12-01T00:00:00Z';
+my @rows = ('run_id,test,round,metric,value,unit');
+for my $r (1 .. 3)
+{
+	push @rows, "$run_id,raw_pipe,$r,msgs_per_s," . (29000 + 300 * $r) . ',msg/s',
+	  "$run_id,drain_1c,$r,orders_per_s," . (16000 + 200 * $r) . ',orders/s',
+	  "$run_id,drain_1c,$r,cpu_consumer_0,0.3$r,core_fraction",
+	  "$run_id,naive_batch1,$r,orders_per_s," . (1300 + 20 * $r) . ',orders/s';
+}
+push @rows, "$run_id,sustained,1,processed_per_s,13000.0,orders/s",
+  map({ "$run_id,latency,1,$_->[0],$_->[1],ms" }
+	  [ 'metrics_p50_ms', 6.4 ], [ 'metrics_p99_ms', 10.7 ], [ 'table_p50_ms', 6.3 ], [ 'table_p99_ms', 10.3 ]),
+  "$run_id,raw_pipe,median,msgs_per_s,29600,msg/s",
+  "$run_id,ratio,paired_median,drain_over_raw,0.55,x",
+  "$run_id,ratio,median,naive_over_drain,0.08,x";
+PostgreSQL::Test::Utils::append_to_file("$bdir/results.csv", join("\n", @rows) . "\n");
+PostgreSQL::Test::Utils::append_to_file("$bdir/sustained.csv",
+	"seconds,made,processed,backlog\n"
+	  . join('', map { sprintf("%.2f,%d,%d,%d\n", $_, 20000 * $_, 15000 * $_, 5000 * $_) } 1 .. 10));
+IPC::Run::run([ 'bash', "$root/bench/plot.sh", $bdir ], '<', \undef, '>', \$out, '2>', \$err);
+is($? >> 8, 0, 'bench/plot.sh exited 0') or diag $err;
+for my $f ([ 'figures.png', '1200x900' ], [ 'sustained.png', '1000x700' ])
+{
+	my $b = -e "$bdir/$f->[0]" ? slurp("$bdir/$f->[0]") : '';
+	ok( substr($b, 0, 8) eq "\x89PNG\r\n\x1a\n"
+		  && join('x', unpack('NN', substr($b, 16, 8))) eq $f->[1]
+		  && length($b) > 10_000,
+		"bench/plot.sh drew $f->[0] ($f->[1], " . length($b) . ' bytes)');
+}
 
 done_testing();
