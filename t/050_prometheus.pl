@@ -140,6 +140,7 @@ sub scrape
 		$m{ $name . (@l ? '{' . join(',', sort @l) . '}' : '') } = $value;
 	}
 	$m{types} = \%types;
+	$m{raw} = join("\n", grep { /^(# (HELP|TYPE) )?ordflow_/ } split /\n/, $r->{content});
 	return \%m;
 }
 
@@ -377,6 +378,7 @@ $m = check_scrape($exp, 'after the drain');
 ok($m->{'ordflow_orders_processed_total{status="completed"}'} == 10521,
 	'10521 completed orders scraped');
 ok($m->{ordflow_orders_per_second} > 0, 'orders per second > 0 after the drain');
+note "the ordflow_* part of the last scrape:\n$m->{raw}";
 stop_exporter($exp);
 
 # ---------------------------------------------------------------------------
