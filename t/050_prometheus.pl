@@ -75,6 +75,7 @@ for my $c (
 # ---------------------------------------------------------------------------
 # the exporter: our own process on a free loopback port, stopped at the end
 
+my $http = HTTP::Tiny->new(timeout => 30);
 my @exporters;
 END
 {
@@ -89,7 +90,8 @@ sub start_exporter
 {
 	my ($n) = @_;
 	my $port = PostgreSQL::Test::Cluster::get_free_port();
-	my $log  = "$PostgreSQL::Test::Utils::tmp_check/exporter_" . $n->name . "_$port.log";
+	# in the log folder, which scripts/test.sh shows when the test fails
+	my $log  = "$PostgreSQL::Test::Utils::log_path/050_prometheus_exporter_" . $n->name . '.log';
 	my $dsn  = sprintf('host=%s port=%d user=ordflow_exporter dbname=postgres sslmode=disable',
 		$n->host, $n->port);
 	local $ENV{DATA_SOURCE_NAME} = $dsn;
@@ -110,12 +112,12 @@ sub stop_exporter
 	$e->{h}->signal('TERM');
 	my $done = eval { $e->{h}->finish; 1 };
 	$e->{h} = undef;
-	# the port is free again: nothing of ours keeps listening
+	# gone, and nothing answers on its port any more (599: no connection)
 	my $gone = !kill(0, $pid);
-	ok($done && $gone, "exporter $pid (node " . $e->{node}->name . ") stopped");
+	my $r = $http->get("http://127.0.0.1:$e->{port}/metrics");
+	ok($done && $gone && $r->{status} == 599,
+		"exporter $pid (node " . $e->{node}->name . ") stopped, port $e->{port} closed");
 }
-
-my $http = HTTP::Tiny->new(timeout => 30);
 
 # scrape($e): { 'name{label="v",...}' => value } (labels sorted, without
 # the exporter's own server label), plus {types}{name} => type; undef when
