@@ -132,16 +132,18 @@ _bench_plot_figures()
 		set title 'latency at 1000 orders/s'
 		set ylabel 'ms'
 		set boxwidth 0.35
-		set xtics norotate
+		set xtics norotate center
 		set xrange [-0.6:2.6]
-		plot '$tmp/lat.dat' using (\$1 - 0.18):3:xtic(2) with boxes lc rgb '#4472c4' title 'metrics() (histogram)', \
+		plot '$tmp/lat.dat' using 1:(0):xtic(2) with points ps 0 notitle, \
+		     '' using (\$1 - 0.18):3 with boxes lc rgb '#4472c4' title 'metrics() (histogram)', \
 		     '' using (\$1 + 0.18):4 with boxes lc rgb '#ed7d31' title 'recomputed from orders'
 
 		set title 'CPU during the drains (share of one core, median)'
 		set ylabel 'cores'
 		set xtics rotate by 25 right
 		set xrange [-0.6:*]
-		plot '$tmp/cpu.dat' using (\$1 - 0.18):3:xtic(2) with boxes lc rgb '#4472c4' title '1 consumer', \
+		plot '$tmp/cpu.dat' using 1:(0):xtic(2) with points ps 0 notitle, \
+		     '' using (\$1 - 0.18):3 with boxes lc rgb '#4472c4' title '1 consumer', \
 		     '' using (\$1 + 0.18):4 with boxes lc rgb '#70ad47' title '2 consumers'
 
 		set title 'ratios (bar) against their targets (line)'
