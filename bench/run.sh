@@ -19,7 +19,8 @@
 # Medians of --runs rounds (3; 1 with --quick, which also shortens
 # everything).  Prints a table and the ratios and writes bench/out/
 # results.csv (one figure per line) and bench/out/sustained.csv (the
-# sustained run, one line a second).  --profile adds a drain under
+# sustained run, one line a second), and draws them (bench/plot.sh, gnuplot)
+# into bench/out/figures.png and bench/out/sustained.png.  --profile adds a drain under
 # `perf record` (bench/out/perf-*.txt).  Every server it started is stopped
 # at the end; --keep keeps the work folder (logs) for a post-mortem.
 #
@@ -505,6 +506,12 @@ record ratio median metrics_1M_over_1k "$RM" x
 	cat "$WORK/results.tmp"
 } > "$RESULTS"
 
+# the PNGs of this run (bench/plot.sh redraws them from the CSVs); a plot
+# that fails costs the pictures, not the run
+# shellcheck source=plot.sh
+. "$ROOT/bench/plot.sh"
+bench_plot "$OUT" || say "warning: drawing the plots failed (bench/plot.sh $OUT redraws them)"
+
 verdict() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { if (v == "" || v == "-") { print "n/a"; exit }
 	ok = (op == ">=") ? (v + 0 >= t + 0) : (v + 0 <= t + 0); print ok ? "met" : "MISSED" }'; }
 
@@ -547,5 +554,6 @@ CPU during the 1-consumer drain (share of one core, median):
   relay $(fmt "$(median drain_1c cpu_relay)" 2), consumer $(fmt "$(median drain_1c cpu_consumer_0)" 2), RabbitMQ $(fmt "$(median drain_1c cpu_rabbitmq)" 2), other postgres $(fmt "$(median drain_1c cpu_other_postgres)" 2)
 
 figures: $RESULTS (one per line), $OUT/sustained.csv (one line a second)
+plots:   $OUT/figures.png, $OUT/sustained.png
 EOF
 exit 0

@@ -19,6 +19,10 @@ ORDFLOW_PACKAGES=(
 	docker-compose
 	make gcc libc6-dev rsync
 	procps
+	# monitoring/ and the plots (t/050_prometheus.pl, scripts/plot.sh,
+	# bench/plot.sh); the exporter's system service is kept from starting
+	# like the servers' (the test runs its own on a free port)
+	prometheus-postgres-exporter gnuplot-nox
 )
 
 say()  { printf '%s\n' "$*" >&2; }
