@@ -88,7 +88,11 @@ check_amqp_url(char **newval, void **extra, GucSource source)
 		GUC_check_errmsg("invalid value for parameter \"ordflow.amqp_url\": element %d of %d, %s",
 						 bad, count, of_redact_url(elems[bad - 1]));
 		for (int i = 0; i < count; i++)
+		{
 			explicit_bzero(elems[i], strlen(elems[i]));
+			pfree(elems[i]);
+		}
+		pfree(elems);
 	}
 	GUC_check_errdetail("%s", reason);
 	GUC_check_errhint("Use amqp://user:password@host:port/vhost or amqps://... for TLS; "
@@ -280,7 +284,7 @@ ordflow_emit_log(ErrorData *edata)
 		char	   *pos = strstr(edata->message, debug_query_string);
 
 		if (pos != NULL)
-			edata->message = psprintf("%.*s(statement hidden: it names ordflow.amqp_url)%s",
+			edata->message = psprintf("%.*s(hidden: it names ordflow.amqp_url)%s",
 									  (int) (pos - edata->message), edata->message,
 									  pos + strlen(debug_query_string));
 	}

@@ -40,6 +40,8 @@
 #define OF_BACKOFF_MIN_MS		500
 #define OF_BACKOFF_MAX_MS		30000
 #define OF_FRAME_MAX			131072
+/* A connection lost sooner than this after it was made counts as a failed attempt. */
+#define OF_STABLE_MS			5000
 
 /* Socket the signal handlers may shut down; -1 when none. */
 static volatile int of_watch_fd = -1;
@@ -327,6 +329,74 @@ restart_rounds(OfAmqp *a)
 	a->next_attempt = 0;
 }
 
+/* How many URLs ordflow.amqp_url lists. */
+static int
+url_count(void)
+{
+	int			n;
+	char	  **urls = of_amqp_url_split(ordflow_amqp_url, &n);
+
+	for (int j = 0; j < n; j++)
+	{
+		explicit_bzero(urls[j], strlen(urls[j]));	/* they hold the password */
+		pfree(urls[j]);
+	}
+	pfree(urls);
+	return n;
+}
+
+/*
+ * After a whole round of the list failed: wait, longer each time.  Returns
+ * the wait in ms.
+ */
+static long
+back_off(OfAmqp *a, int n)
+{
+	if (n > 1 && a->backoff_ms == 0)
+		ereport(LOG,
+				(errmsg("ordflow: could not connect to any of the %d broker URLs; the last error: %s",
+						n, a->error),
+				 errdetail("Retrying with exponential backoff up to %d s; orders wait in the database.",
+						   OF_BACKOFF_MAX_MS / 1000)));
+	a->round_failures = 0;
+	a->backoff_ms = a->backoff_ms == 0 ? OF_BACKOFF_MIN_MS : Min(a->backoff_ms * 2, OF_BACKOFF_MAX_MS);
+	a->next_attempt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), a->backoff_ms);
+	return a->backoff_ms;
+}
+
+/*
+ * A connection was lost.  One that had been up a while starts afresh: log
+ * it, try the next node at once, a whole round before backing off.  One
+ * lost right after it was made (a broker that accepts connections but
+ * refuses the work, say) counts as a failed attempt, so that a flapping
+ * node is reconnected to (and logged) at the pace of the backoff, not in a
+ * hot loop.
+ */
+static void
+connection_lost(OfAmqp *a)
+{
+	bool		stable = TimestampDifferenceExceeds(a->connected_at, GetCurrentTimestamp(),
+													OF_STABLE_MS);
+
+	if (stable)
+	{
+		a->round_failures = 0;
+		a->backoff_ms = 0;
+		a->next_attempt = 0;
+	}
+	ereport(LOG, (errmsg("ordflow: lost the broker connection: %s", a->error)));
+	a->failing = true;
+	/* that node is likely gone: the next one first */
+	a->url_next++;
+	if (!stable)
+	{
+		int			n = url_count();
+
+		if (++a->round_failures >= n)
+			(void) back_off(a, n);
+	}
+}
+
 /* Did the settings change (on a reload) since the last failed attempt? */
 static bool
 settings_changed_while_down(OfAmqp *a)
@@ -378,12 +448,12 @@ try_next_url(OfAmqp *a, bool confirms, long *wait_ms)
 
 	if (ok)
 	{
+		/* the backoff is reset only once the connection proved stable */
 		ereport(LOG, (errmsg("ordflow: %s to the broker at %s",
 							 a->failing ? "reconnected" : "connected", redacted)));
-		a->url_next = i;
 		a->failing = false;
-		a->round_failures = 0;
-		a->backoff_ms = 0;
+		a->url_next = i;
+		a->connected_at = GetCurrentTimestamp();
 		a->next_attempt = 0;
 		a->error[0] = '\0';
 		a->error_class[0] = '\0';
@@ -399,7 +469,7 @@ try_next_url(OfAmqp *a, bool confirms, long *wait_ms)
 					 errdetail("Retrying with exponential backoff up to %d s; orders wait in the database.",
 							   OF_BACKOFF_MAX_MS / 1000)));
 		else
-			elog(DEBUG1, "ordflow: broker at %s still unreachable: %s", redacted, a->error);
+			elog(DEBUG1, "ordflow: broker still unreachable: %s (at %s)", a->error, redacted);
 		a->failing = true;
 		a->url_next = i + 1;
 		a->round_failures++;
@@ -413,16 +483,7 @@ try_next_url(OfAmqp *a, bool confirms, long *wait_ms)
 	/* Another node may answer at once; back off only after a whole round. */
 	if (a->round_failures < n)
 		return false;
-	if (n > 1 && a->backoff_ms == 0)
-		ereport(LOG,
-				(errmsg("ordflow: could not connect to any of the %d broker URLs; the last error: %s",
-						n, a->error),
-				 errdetail("Retrying with exponential backoff up to %d s; orders wait in the database.",
-						   OF_BACKOFF_MAX_MS / 1000)));
-	a->round_failures = 0;
-	a->backoff_ms = a->backoff_ms == 0 ? OF_BACKOFF_MIN_MS : Min(a->backoff_ms * 2, OF_BACKOFF_MAX_MS);
-	a->next_attempt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), a->backoff_ms);
-	*wait_ms = a->backoff_ms;
+	*wait_ms = back_off(a, n);
 	return false;
 }
 
@@ -449,19 +510,10 @@ of_amqp_ensure_connected(OfAmqp *a, bool confirms, long *wait_ms)
 		if (!lost)
 			ereport(LOG, (errmsg("ordflow: broker settings changed, reconnecting")));
 		of_amqp_disconnect(a, !lost);
-		if (!lost)
-			restart_rounds(a);
+		if (lost)
+			connection_lost(a);
 		else
-		{
-			if (!a->failing)
-				ereport(LOG, (errmsg("ordflow: lost the broker connection: %s", a->error)));
-			a->failing = true;
-			/* that node is likely gone: the next one first, a whole round before backing off */
-			a->url_next++;
-			a->round_failures = 0;
-			a->backoff_ms = 0;
-			a->next_attempt = 0;
-		}
+			restart_rounds(a);
 	}
 	else if (settings_changed_while_down(a))
 		restart_rounds(a);

@@ -45,6 +45,7 @@ typedef struct OfAmqp
 	int			url_next;		/* element of ordflow.amqp_url to try next */
 	int			round_failures; /* attempts failed in a row since the last backoff */
 	char	   *tried_signature;	/* settings of the last attempt */
+	TimestampTz connected_at;	/* when the current connection was made */
 	char		error[OF_AMQP_ERRLEN];
 	char		error_class[64];	/* error without host, port or path */
 } OfAmqp;

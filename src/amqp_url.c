@@ -123,7 +123,7 @@ of_amqp_url_valid(const char *url, char *reason, size_t len)
 	amqp_default_connection_info(&info);
 	if (amqp_parse_url(copy, &info) != AMQP_STATUS_OK)
 	{
-		strlcpy(reason, "It is not a valid amqp:// or amqps:// URL (a ':', '@', '/' or '%' in the user name or password must be written %3A, %40, %2F or %25).", len);
+		strlcpy(reason, "It is not a valid amqp or amqps URL (write a ':', '@', '/' or '%' in the user name or password as %3A, %40, %2F or %25).", len);
 		ok = false;
 	}
 	else if (info.host == NULL || info.host[0] == '\0')
@@ -283,8 +283,8 @@ of_redact_url(const char *url)
 {
 	char	   *redacted;
 
-	if (url == NULL)
-		return pstrdup("");
+	if (url == NULL || url[0] == '\0')
+		return pstrdup("(empty)");
 	if (strstr(url, "://") == NULL)
 		return pstrdup("(not an amqp:// or amqps:// URL)");
 	redacted = of_redact_urls_in_text(url);
