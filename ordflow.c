@@ -288,6 +288,9 @@ ordflow_emit_log(ErrorData *edata)
 									  (int) (pos - edata->message), edata->message,
 									  pos + strlen(debug_query_string));
 	}
+	/* ... nor the values bound to it (log_statement with the extended protocol) */
+	if (names_url && edata->detail != NULL && strncmp(edata->detail, "parameters:", 11) == 0)
+		edata->detail = pstrdup("parameters: (hidden: the statement names ordflow.amqp_url)");
 	redact_field(&edata->message);
 	redact_field(&edata->detail);
 	redact_field(&edata->detail_log);
