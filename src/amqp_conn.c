@@ -24,6 +24,7 @@
 #include <amqp_tcp_socket.h>
 
 #include "miscadmin.h"
+#include "postmaster/bgworker.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/memutils.h"
@@ -39,6 +40,8 @@
 #define OF_BACKOFF_MIN_MS		500
 #define OF_BACKOFF_MAX_MS		30000
 #define OF_FRAME_MAX			131072
+/* A connection lost sooner than this after it was made counts as a failed attempt. */
+#define OF_STABLE_MS			5000
 
 /* Socket the signal handlers may shut down; -1 when none. */
 static volatile int of_watch_fd = -1;
@@ -267,6 +270,10 @@ open_connection(OfAmqp *a, bool confirms, char *url)
 		a->n_early_acks = 0;
 		a->nacked = false;
 	}
+	if (strchr(info.host, ':') != NULL)
+		snprintf(a->node, sizeof(a->node), "[%s]:%d", info.host, info.port);
+	else
+		snprintf(a->node, sizeof(a->node), "%s:%d", info.host, info.port);
 	a->connected = true;
 	a->blocked = false;
 	a->generation++;
@@ -290,6 +297,7 @@ of_amqp_disconnect(OfAmqp *a, bool graceful)
 	}
 	a->conn = NULL;
 	a->fd = -1;
+	a->node[0] = '\0';
 	a->connected = false;
 	a->blocked = false;
 	a->confirms = false;
@@ -299,22 +307,202 @@ of_amqp_disconnect(OfAmqp *a, bool graceful)
 }
 
 /*
+ * The element of the list a worker tries first: its slot number (every
+ * ordflow worker gets it as its main argument), so that the relay and the
+ * consumers spread over the broker nodes.
+ */
+static int
+worker_offset(void)
+{
+	return MyBgworkerEntry ? Max(DatumGetInt32(MyBgworkerEntry->bgw_main_arg), 0) : 0;
+}
+
+/* Start from the worker's own element, at once, and log the next failure. */
+static void
+restart_rounds(OfAmqp *a)
+{
+	a->url_started = true;
+	a->url_next = worker_offset();
+	a->round_failures = 0;
+	a->failing = false;
+	a->backoff_ms = 0;
+	a->next_attempt = 0;
+}
+
+/* How many URLs ordflow.amqp_url lists. */
+static int
+url_count(void)
+{
+	int			n;
+	char	  **urls = of_amqp_url_split(ordflow_amqp_url, &n);
+
+	for (int j = 0; j < n; j++)
+	{
+		explicit_bzero(urls[j], strlen(urls[j]));	/* they hold the password */
+		pfree(urls[j]);
+	}
+	pfree(urls);
+	return n;
+}
+
+/*
+ * After a whole round of the list failed: wait, longer each time.  Returns
+ * the wait in ms.
+ */
+static long
+back_off(OfAmqp *a, int n)
+{
+	if (n > 1 && a->backoff_ms == 0)
+		ereport(LOG,
+				(errmsg("ordflow: could not connect to any of the %d broker URLs; the last error: %s",
+						n, a->error),
+				 errdetail("Retrying with exponential backoff up to %d s; orders wait in the database.",
+						   OF_BACKOFF_MAX_MS / 1000)));
+	a->round_failures = 0;
+	a->backoff_ms = a->backoff_ms == 0 ? OF_BACKOFF_MIN_MS : Min(a->backoff_ms * 2, OF_BACKOFF_MAX_MS);
+	a->next_attempt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), a->backoff_ms);
+	return a->backoff_ms;
+}
+
+/*
+ * A connection was lost.  One that had been up a while starts afresh: log
+ * it, try the next node at once, a whole round before backing off.  One
+ * lost right after it was made (a broker that accepts connections but
+ * refuses the work, say) counts as a failed attempt, so that a flapping
+ * node is reconnected to (and logged) at the pace of the backoff, not in a
+ * hot loop.
+ */
+static void
+connection_lost(OfAmqp *a)
+{
+	bool		stable = TimestampDifferenceExceeds(a->connected_at, GetCurrentTimestamp(),
+													OF_STABLE_MS);
+
+	if (stable)
+	{
+		a->round_failures = 0;
+		a->backoff_ms = 0;
+		a->next_attempt = 0;
+	}
+	ereport(LOG, (errmsg("ordflow: lost the broker connection: %s", a->error)));
+	a->failing = true;
+	/* that node is likely gone: the next one first */
+	a->url_next++;
+	if (!stable)
+	{
+		int			n = url_count();
+
+		if (++a->round_failures >= n)
+			(void) back_off(a, n);
+	}
+}
+
+/* Did the settings change (on a reload) since the last failed attempt? */
+static bool
+settings_changed_while_down(OfAmqp *a)
+{
+	char	   *sig;
+	bool		changed;
+
+	if (a->tried_signature == NULL || a->config_seen == of_config_generation)
+		return false;
+	a->config_seen = of_config_generation;
+	sig = settings_signature();
+	changed = strcmp(sig, a->tried_signature) != 0;
+	pfree(sig);
+	return changed;
+}
+
+/*
+ * One attempt, at the next element of the URL list.  Logs the first
+ * failure since the last success or settings change, with its reason, and
+ * once a whole round of the list has failed; the rest go to DEBUG1.
+ */
+static bool
+try_next_url(OfAmqp *a, bool confirms, long *wait_ms)
+{
+	MemoryContext cxt;
+	MemoryContext oldcxt;
+	char	  **urls;
+	int			n;
+	int			i;
+	char	   *redacted;
+	bool		ok;
+
+	/* Whatever a failed attempt allocates goes with this context. */
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "ordflow connect",
+								ALLOCSET_SMALL_SIZES);
+	oldcxt = MemoryContextSwitchTo(cxt);
+	urls = of_amqp_url_split(ordflow_amqp_url, &n);
+	i = a->url_next % n;
+	redacted = of_redact_url(urls[i]);
+	ok = open_connection(a, confirms, urls[i]);
+	for (int j = 0; j < n; j++)
+		explicit_bzero(urls[j], strlen(urls[j]));	/* they hold the password */
+	if (a->tried_signature)
+		pfree(a->tried_signature);
+	a->tried_signature = MemoryContextStrdup(TopMemoryContext, settings_signature());
+	a->config_seen = of_config_generation;
+	if (ok)
+		a->signature = MemoryContextStrdup(TopMemoryContext, a->tried_signature);
+
+	if (ok)
+	{
+		/* the backoff is reset only once the connection proved stable */
+		ereport(LOG, (errmsg("ordflow: %s to the broker at %s",
+							 a->failing ? "reconnected" : "connected", redacted)));
+		a->failing = false;
+		a->url_next = i;
+		a->connected_at = GetCurrentTimestamp();
+		a->next_attempt = 0;
+		a->error[0] = '\0';
+		a->error_class[0] = '\0';
+	}
+	else
+	{
+		if (!a->failing)
+			ereport(LOG,
+					(errmsg("ordflow: could not connect to the broker at %s: %s",
+							redacted, a->error),
+					 n > 1 ?
+					 errdetail("Trying the other URLs of ordflow.amqp_url; orders wait in the database.") :
+					 errdetail("Retrying with exponential backoff up to %d s; orders wait in the database.",
+							   OF_BACKOFF_MAX_MS / 1000)));
+		else
+			elog(DEBUG1, "ordflow: broker still unreachable: %s (at %s)", a->error, redacted);
+		a->failing = true;
+		a->url_next = i + 1;
+		a->round_failures++;
+		of_amqp_disconnect(a, false);	/* keeps a->error for status() */
+	}
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextDelete(cxt);
+	if (ok)
+		return true;
+
+	/* Another node may answer at once; back off only after a whole round. */
+	if (a->round_failures < n)
+		return false;
+	*wait_ms = back_off(a, n);
+	return false;
+}
+
+/*
  * Connect if not connected and the backoff allows.  Returns true when
- * connected; otherwise *wait_ms says how long to sleep before trying again.
- * Logs one line per change of state, not one per attempt.
+ * connected; otherwise *wait_ms says how long to sleep before trying again
+ * (0: try the next URL of the list at once).  Logs one line per change of
+ * state, not one per attempt.
  */
 bool
 of_amqp_ensure_connected(OfAmqp *a, bool confirms, long *wait_ms)
 {
 	TimestampTz now;
-	MemoryContext cxt;
-	MemoryContext oldcxt;
-	char	   *url;
-	bool		ok;
 
 	*wait_ms = 0;
 	if (a->conn != NULL && a->connected && !of_amqp_settings_changed(a))
 		return true;
+	if (!a->url_started)
+		restart_rounds(a);
 	if (a->conn != NULL)
 	{
 		bool		lost = !a->connected;
@@ -322,14 +510,13 @@ of_amqp_ensure_connected(OfAmqp *a, bool confirms, long *wait_ms)
 		if (!lost)
 			ereport(LOG, (errmsg("ordflow: broker settings changed, reconnecting")));
 		of_amqp_disconnect(a, !lost);
-		if (lost && !a->failing)
-		{
-			ereport(LOG, (errmsg("ordflow: lost the broker connection: %s", a->error)));
-			a->failing = true;
-			a->backoff_ms = 0;
-			a->next_attempt = 0;
-		}
+		if (lost)
+			connection_lost(a);
+		else
+			restart_rounds(a);
 	}
+	else if (settings_changed_while_down(a))
+		restart_rounds(a);
 
 	now = GetCurrentTimestamp();
 	if (a->next_attempt != 0 && now < a->next_attempt)
@@ -337,57 +524,7 @@ of_amqp_ensure_connected(OfAmqp *a, bool confirms, long *wait_ms)
 		*wait_ms = (long) ((a->next_attempt - now) / 1000) + 1;
 		return false;
 	}
-
-	/* Whatever a failed attempt allocates goes with this context. */
-	cxt = AllocSetContextCreate(CurrentMemoryContext, "ordflow connect",
-								ALLOCSET_SMALL_SIZES);
-	oldcxt = MemoryContextSwitchTo(cxt);
-	url = pstrdup(ordflow_amqp_url);
-	ok = open_connection(a, confirms, url);
-	explicit_bzero(url, strlen(url));	/* it holds the password */
-	if (ok)
-	{
-		a->signature = MemoryContextStrdup(TopMemoryContext, settings_signature());
-		a->config_seen = of_config_generation;
-	}
-	MemoryContextSwitchTo(oldcxt);
-	MemoryContextDelete(cxt);
-
-	if (ok)
-	{
-		char	   *redacted = of_redact_url(ordflow_amqp_url);
-
-		ereport(LOG, (errmsg("ordflow: %s to the broker at %s",
-							 a->failing ? "reconnected" : "connected", redacted)));
-		pfree(redacted);
-		a->failing = false;
-		a->backoff_ms = 0;
-		a->next_attempt = 0;
-		a->error[0] = '\0';
-		a->error_class[0] = '\0';
-		return true;
-	}
-
-	if (!a->failing)
-	{
-		char	   *redacted = of_redact_url(ordflow_amqp_url);
-
-		ereport(LOG,
-				(errmsg("ordflow: could not connect to the broker at %s: %s",
-						redacted, a->error),
-				 errdetail("Retrying with exponential backoff up to %d s; orders wait in the database.",
-						   OF_BACKOFF_MAX_MS / 1000)));
-		pfree(redacted);
-		a->failing = true;
-	}
-	else
-		elog(DEBUG1, "ordflow: broker still unreachable: %s", a->error);
-	of_amqp_disconnect(a, false);	/* keeps a->error for status() */
-
-	a->backoff_ms = a->backoff_ms == 0 ? OF_BACKOFF_MIN_MS : Min(a->backoff_ms * 2, OF_BACKOFF_MAX_MS);
-	a->next_attempt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), a->backoff_ms);
-	*wait_ms = a->backoff_ms;
-	return false;
+	return try_next_url(a, confirms, wait_ms);
 }
 
 /* ---- frames ---- */

@@ -16,6 +16,9 @@
 
 #define OF_AMQP_CHANNEL 1
 #define OF_AMQP_ERRLEN 256
+#define OF_AMQP_NODELEN 128		/* as OF_NODE_LEN of a worker slot */
+/* Most URLs ordflow.amqp_url may list. */
+#define OF_MAX_BROKER_URLS 32
 
 typedef struct OfAmqp
 {
@@ -33,10 +36,16 @@ typedef struct OfAmqp
 	char	   *signature;		/* settings the connection was made with */
 	uint64		config_seen;	/* of_config_generation the signature was checked at */
 	uint64		generation;		/* bumped by every new connection */
+	char		node[OF_AMQP_NODELEN];	/* host:port connected to, or "" */
 	/* reconnecting */
 	int			backoff_ms;
 	TimestampTz next_attempt;
 	bool		failing;		/* the last attempt failed (logged once) */
+	bool		url_started;	/* url_next was set to the worker's offset */
+	int			url_next;		/* element of ordflow.amqp_url to try next */
+	int			round_failures; /* attempts failed in a row since the last backoff */
+	char	   *tried_signature;	/* settings of the last attempt */
+	TimestampTz connected_at;	/* when the current connection was made */
 	char		error[OF_AMQP_ERRLEN];
 	char		error_class[64];	/* error without host, port or path */
 } OfAmqp;
@@ -52,6 +61,8 @@ typedef enum OfWait
 } OfWait;
 
 extern bool of_amqp_url_valid(const char *url, char *reason, size_t len);
+extern char **of_amqp_url_split(const char *list, int *count);
+extern int	of_amqp_url_list_check(const char *list, int *count, char *reason, size_t len);
 extern char *of_redact_url(const char *url);
 extern char *of_redact_urls_in_text(const char *text);
 

@@ -82,6 +82,64 @@ queue_arguments(amqp_table_entry_t *entries, char *dlx)
 	return t;
 }
 
+/*
+ * Declare <exchange>.dead with the configured queue type: a quorum queue
+ * lives on every node, so it survives the loss of any one of them.  One
+ * declared by an older version (classic, where quorum is configured now),
+ * or by hand with other arguments, is refused with 406 PRECONDITION_FAILED;
+ * it is used as it is, with a log line, rather than lock ordflow out.
+ */
+static bool
+declare_dead_queue(OfAmqp *a, char *dead)
+{
+	amqp_connection_state_t c = a->conn;
+	amqp_table_entry_t entry;
+	amqp_table_t args = amqp_empty_table;
+	amqp_rpc_reply_t r;
+
+	if (strcmp(ordflow_queue_type, "quorum") == 0)
+	{
+		entry.key = amqp_cstring_bytes("x-queue-type");
+		entry.value.kind = AMQP_FIELD_KIND_UTF8;
+		entry.value.value.bytes = amqp_cstring_bytes("quorum");
+		args.entries = &entry;
+		args.num_entries = 1;
+	}
+	amqp_queue_declare(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(dead), 0, 1, 0, 0, args);
+	r = amqp_get_rpc_reply(c);
+	if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
+		r.reply.id == AMQP_CHANNEL_CLOSE_METHOD &&
+		((amqp_channel_close_t *) r.reply.decoded)->reply_code == AMQP_PRECONDITION_FAILED)
+	{
+		amqp_channel_close_ok_t ok;
+
+		if (amqp_send_method(c, OF_AMQP_CHANNEL, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok) != AMQP_STATUS_OK)
+		{
+			of_amqp_fail(a, "declaring the dead-letter queue: the connection failed");
+			return false;
+		}
+		amqp_channel_open(c, OF_AMQP_CHANNEL);
+		if (!of_amqp_rpc_ok(a, "reopening the channel"))
+			return false;
+		amqp_queue_declare(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(dead), 1, 1, 0, 0,
+						   amqp_empty_table);
+		if (!of_amqp_rpc_ok(a, "declaring the dead-letter queue"))
+			return false;
+		ereport(LOG,
+				(errmsg("ordflow: queue \"%s\" exists with arguments other than ordflow.queue_type = %s asks for; using it as it is",
+						dead, ordflow_queue_type),
+				 errhint("Delete the queue when it is empty to have ordflow declare it anew.")));
+		return true;
+	}
+	if (r.reply_type != AMQP_RESPONSE_NORMAL)
+	{
+		of_amqp_reply_error(r, "declaring the dead-letter queue", a->error, sizeof(a->error));
+		of_amqp_set_error_class(a, "declaring the dead-letter queue");
+		return false;
+	}
+	return true;
+}
+
 /* Declare the contract's topology; idempotent. */
 bool
 of_amqp_declare_topology(OfAmqp *a)
@@ -100,9 +158,7 @@ of_amqp_declare_topology(OfAmqp *a)
 						  amqp_cstring_bytes("topic"), 0, 1, 0, 0, amqp_empty_table);
 	if (!of_amqp_rpc_ok(a, "declaring the dead-letter exchange"))
 		return false;
-	amqp_queue_declare(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(dead), 0, 1, 0, 0,
-					   amqp_empty_table);
-	if (!of_amqp_rpc_ok(a, "declaring the dead-letter queue"))
+	if (!declare_dead_queue(a, dead))
 		return false;
 	amqp_queue_bind(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(dead), amqp_cstring_bytes(dlx),
 					amqp_cstring_bytes("#"), amqp_empty_table);

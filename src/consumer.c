@@ -211,6 +211,7 @@ ensure_consuming(OfAmqp *a, OfWorkerSlot *slot, uint64 *consuming_on)
 	if (!of_amqp_ensure_connected(a, false, &wait_ms))
 	{
 		of_slot_set_connected(slot, false);
+		of_slot_set_node(slot, "");
 		of_slot_set_error(slot, a->error, a->error_class);
 		of_slot_set_state(slot, "waiting to reconnect to the broker");
 		of_worker_wait(wait_ms);
@@ -231,6 +232,7 @@ ensure_consuming(OfAmqp *a, OfWorkerSlot *slot, uint64 *consuming_on)
 		*consuming_on = a->generation;
 	}
 	of_slot_set_connected(slot, true);
+	of_slot_set_node(slot, a->node);
 	return true;
 }
 

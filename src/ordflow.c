@@ -63,22 +63,41 @@ static emit_log_hook_type prev_emit_log_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 /*
- * Validate ordflow.amqp_url.  The default error message of a failing check
- * hook quotes the value, password included, so we always replace it with one
- * that shows the URL redacted.
+ * Validate ordflow.amqp_url, a comma-separated list of URLs.  The default
+ * error message of a failing check hook quotes the value, password
+ * included, so we always replace it with one that names the bad element
+ * and shows it redacted.
  */
 static bool
 check_amqp_url(char **newval, void **extra, GucSource source)
 {
-	char		reason[128];
+	char		reason[256];
+	int			count;
+	int			bad;
+	char	  **elems;
 
-	if (of_amqp_url_valid(*newval, reason, sizeof(reason)))
+	bad = of_amqp_url_list_check(*newval, &count, reason, sizeof(reason));
+	if (bad == 0)
 		return true;
 
-	GUC_check_errmsg("invalid value for parameter \"ordflow.amqp_url\": %s",
-					 of_redact_url(*newval));
+	if (count <= 1 || bad > count)
+		GUC_check_errmsg("invalid value for parameter \"ordflow.amqp_url\": %s",
+						 count > 1 ? "too many URLs" : of_redact_url(*newval));
+	else
+	{
+		elems = of_amqp_url_split(*newval, &count);
+		GUC_check_errmsg("invalid value for parameter \"ordflow.amqp_url\": element %d of %d, %s",
+						 bad, count, of_redact_url(elems[bad - 1]));
+		for (int i = 0; i < count; i++)
+		{
+			explicit_bzero(elems[i], strlen(elems[i]));
+			pfree(elems[i]);
+		}
+		pfree(elems);
+	}
 	GUC_check_errdetail("%s", reason);
-	GUC_check_errhint("Use amqp://user:password@host:port/vhost or amqps://... for TLS.");
+	GUC_check_errhint("Use amqp://user:password@host:port/vhost or amqps://... for TLS; "
+					  "list the nodes of a cluster as URLs separated by commas.");
 	return false;
 }
 
@@ -235,26 +254,53 @@ define_settings(void)
 	MarkGUCPrefixReserved("ordflow");
 }
 
+/* Replace *field by its redacted copy when it holds a URL with a password. */
+static void
+redact_field(char **field)
+{
+	char	   *redacted = of_redact_urls_in_text(*field);
+
+	if (redacted)
+		*field = redacted;
+}
+
 /*
- * PostgreSQL logs setting values itself ("parameter ... changed to ...") and
- * the statement of a failed ALTER SYSTEM: keep the broker password out of
- * both.  Runs in every process, the postmaster included.
+ * PostgreSQL logs setting values itself ("parameter ... changed to ..."),
+ * statements (log_statement, the STATEMENT line of an error) and contexts:
+ * keep the broker password out of all of them, whatever characters it has.
+ * Runs in every process, the postmaster included.
  */
 static void
 ordflow_emit_log(ErrorData *edata)
 {
-	char	   *redacted;
+	bool		names_url = debug_query_string != NULL &&
+		strcasestr(debug_query_string, "amqp_url") != NULL;
 
-	redacted = of_redact_urls_in_text(edata->message);
-	if (redacted)
-		edata->message = redacted;
-	redacted = of_redact_urls_in_text(edata->detail);
-	if (redacted)
-		edata->detail = redacted;
+	/*
+	 * A statement that sets the URL may hold a password in a form no URL
+	 * rule recognises (typed without its scheme, say): never show it.
+	 */
+	if (names_url && edata->message != NULL && debug_query_string[0] != '\0')
+	{
+		char	   *pos = strstr(edata->message, debug_query_string);
+
+		if (pos != NULL)
+			edata->message = psprintf("%.*s(hidden: it names ordflow.amqp_url)%s",
+									  (int) (pos - edata->message), edata->message,
+									  pos + strlen(debug_query_string));
+	}
+	/* ... nor the values bound to it (log_statement with the extended protocol) */
+	if (names_url && edata->detail != NULL && strncmp(edata->detail, "parameters:", 11) == 0)
+		edata->detail = pstrdup("parameters: (hidden: the statement names ordflow.amqp_url)");
+	redact_field(&edata->message);
+	redact_field(&edata->detail);
+	redact_field(&edata->detail_log);
+	redact_field(&edata->hint);
+	redact_field(&edata->context);
+	redact_field(&edata->internalquery);
 	/* A statement naming the setting or holding a URL with a password. */
 	if (debug_query_string != NULL &&
-		(strcasestr(debug_query_string, "amqp_url") != NULL ||
-		 (redacted = of_redact_urls_in_text(debug_query_string)) != NULL))
+		(names_url || of_redact_urls_in_text(debug_query_string) != NULL))
 		edata->hide_stmt = true;
 	if (prev_emit_log_hook)
 		prev_emit_log_hook(edata);

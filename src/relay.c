@@ -214,6 +214,7 @@ ordflow_relay_main(Datum main_arg)
 		if (!of_amqp_ensure_connected(&a, true, &wait_ms))
 		{
 			of_slot_set_connected(slot, false);
+			of_slot_set_node(slot, "");
 			of_slot_set_error(slot, a.error, a.error_class);
 			of_slot_set_state(slot, "waiting to reconnect to the broker");
 			MemoryContextSwitchTo(oldcxt);
@@ -221,6 +222,7 @@ ordflow_relay_main(Datum main_arg)
 			continue;
 		}
 		of_slot_set_connected(slot, true);
+		of_slot_set_node(slot, a.node);
 
 		if (a.blocked)
 		{

@@ -137,6 +137,9 @@ Options:
   extra  => "rabbitmq.conf lines\n"           appended to rabbitmq.conf
   plugins => ['rabbitmq_management']          enabled plugins (default none: faster start)
   timeout => 60                               seconds to wait for the node
+  cookie => 'STRING'                          Erlang cookie (written to the node's HOME)
+  epmd_port => P, shared_epmd => 1            use (and never kill) an epmd other
+                                              nodes share (OrdflowCluster)
 
 =cut
 
@@ -150,7 +153,7 @@ sub start_broker
 		dir          => $dir,
 		port         => $base,
 		dist_port    => $base + 1,
-		epmd_port    => $base + 2,
+		epmd_port    => $opts{epmd_port} || $base + 2,
 		tls_port     => $opts{tls} ? $base + 3 : undef,
 		ctl_min      => $base + 4,
 		ctl_max      => $base + 15,
@@ -160,6 +163,12 @@ sub start_broker
 	}, 'OrdflowTest::Broker';
 
 	mkdir "$dir/$_" for qw(mnesia log home);
+	if (defined $opts{cookie})
+	{
+		# nodes of one cluster must share it; Erlang wants it private
+		_write_file("$dir/home/.erlang.cookie", $opts{cookie});
+		chmod 0400, "$dir/home/.erlang.cookie";
+	}
 	$self->{pid_file} = "$dir/rabbitmq.pid";
 
 	my $conf = "# written by OrdflowTest\n"
@@ -616,6 +625,12 @@ sub stop
 		delete $self->{script_pid};
 	}
 	# the node started its own epmd on our private port; ask it to go
+	# (a shared one is the cluster's to stop)
+	if ($self->{opts}{shared_epmd})
+	{
+		$self->{stopped} = 1;
+		return 1;
+	}
 	local $ENV{ERL_EPMD_PORT} = $self->{epmd_port};
 	IPC::Run::run([ 'epmd', '-port', $self->{epmd_port}, '-kill' ],
 		'<', \'', '>', \my $o, '2>', \my $e);
@@ -741,6 +756,35 @@ sub wait_for
 	diag "wait_for timed out after ${timeout}s:\n$sql\nexpected: $expected\n"
 	  . "last output: $out\nlast error: $err";
 	return 0;
+}
+
+=pod
+
+=item OrdflowTest::wait_for_log($node, $offset, $regex, $count, $timeout_s)
+
+Polls the node's log from byte $offset on until $regex matches at least
+$count times (default 1); true on success, false after $timeout_s seconds
+(default 60).
+
+=cut
+
+sub wait_for_log
+{
+	my ($node, $offset, $re, $count, $timeout) = @_;
+	$count ||= 1;
+	my $deadline = time + ($timeout || 60);
+	while (1)
+	{
+		my $log = PostgreSQL::Test::Utils::slurp_file($node->logfile, $offset // 0);
+		my $n = () = $log =~ /$re/g;
+		return 1 if $n >= $count;
+		if (time >= $deadline)
+		{
+			diag "wait_for_log timed out: $n of $count matches of $re";
+			return 0;
+		}
+		usleep(200_000);
+	}
 }
 
 =pod
