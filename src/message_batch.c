@@ -1,9 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * message_batch.c
- *	  One consumer batch in one transaction: decode every message with the
- *	  pure C parser, hand the orders to order_processing.c, apply user events
- *	  each in its own subtransaction, and store whatever could not be
+ *	  One consumer batch in one transaction: decode every order message,
+ *	  hand the orders to order_processing.c, apply user events each in its
+ *	  own subtransaction (ordflow.user_event() validates them), and store whatever could not be
  *	  processed in ordflow.dead_letters, with the raw body and the reason.
  *
  *-------------------------------------------------------------------------
@@ -35,15 +35,16 @@ static const char *plan_sql[NUM_PLANS] = {
 	"        $4::pg_catalog.text[], $5::pg_catalog.text[], $6::pg_catalog.bool[], $7::pg_catalog.text[],"
 	"        $8::pg_catalog.text[])",
 
-	/* PLAN_USER_EVENT */
-	"SELECT ordflow.user_event($1::pg_catalog.jsonb)::pg_catalog.text"
+	/* PLAN_USER_EVENT: NULL when the routing key names another type ($2) */
+	"SELECT CASE WHEN $2 IS NULL OR ($1::pg_catalog.jsonb OPERATOR(pg_catalog.->>) 'type') = $2"
+	"       THEN ordflow.user_event($1::pg_catalog.jsonb)::pg_catalog.text END"
 };
 
-static const int plan_nargs[NUM_PLANS] = {8, 1};
+static const int plan_nargs[NUM_PLANS] = {8, 2};
 static const Oid plan_types[NUM_PLANS][8] = {
 	{TEXTARRAYOID, TEXTARRAYOID, BYTEAARRAYOID, TEXTARRAYOID, TEXTARRAYOID, BOOLARRAYOID,
 	TEXTARRAYOID, TEXTARRAYOID},
-	{TEXTOID}
+	{TEXTOID, TEXTOID}
 };
 
 static SPIPlanPtr plans[NUM_PLANS];
@@ -61,11 +62,23 @@ static void
 apply_user_event(void *arg)
 {
 	OfMessage  *m = arg;
-	Datum		v = CStringGetTextDatum(m->body);
+	Datum		v[2];
+	char		type[2] = {0, 0};
 	bool		isnull;
+	Datum		reply;
 
-	run_plan(PLAN_USER_EVENT, &v, NULL, SPI_OK_SELECT);
-	m->reply = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	/* user.D carrying a "C" event: trust neither */
+	if (strlen(m->routing_key) == 6 && strncmp(m->routing_key, "user.", 5) == 0)
+		type[0] = pg_toupper((unsigned char) m->routing_key[5]);
+	v[0] = CStringGetTextDatum(m->body);
+	v[1] = type[0] ? CStringGetTextDatum(type) : (Datum) 0;
+	run_plan(PLAN_USER_EVENT, v, type[0] ? "  " : " n", SPI_OK_SELECT);
+	reply = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("routing key %s does not match the event type", m->routing_key)));
+	m->reply = TextDatumGetCString(reply);
 	m->outcome = OF_OUT_APPLIED;
 }
 
@@ -86,6 +99,15 @@ process_user_event(OfMessage *m, OfBatchStats *stats)
 {
 	ErrorData  *err;
 
+	/* text would stop at a NUL, and nothing else checks the encoding */
+	if (memchr(m->body, '\0', m->body_len) != NULL ||
+		!pg_verify_mbstr(PG_UTF8, m->body, (int) m->body_len, true))
+	{
+		m->outcome = OF_OUT_DEAD;
+		m->error = pstrdup("a user event body must be UTF-8 text without NUL bytes");
+		m->reply = json_error_reply(m->error, ERRCODE_CHARACTER_NOT_IN_REPERTOIRE);
+		return;
+	}
 	if (GetDatabaseEncoding() != PG_UTF8)
 		m->body = pg_any_to_server(m->body, m->body_len, PG_UTF8);
 	err = of_run_in_subxact(apply_user_event, m);
@@ -192,24 +214,7 @@ of_process_batch(OfMessage *msgs, int n, int worker_no, OfBatchStats *stats)
 				m->error = pstrdup(err);
 			}
 		}
-		else
-		{
-			if (!of_parse_user_event(m->body, m->body_len, &m->event, err, sizeof(err)))
-			{
-				m->outcome = OF_OUT_DEAD;
-				m->error = pstrdup(err);
-				m->reply = json_error_reply(err, ERRCODE_INVALID_PARAMETER_VALUE);
-			}
-			else if (strlen(m->routing_key) == 6 && strncmp(m->routing_key, "user.", 5) == 0 &&
-					 pg_toupper((unsigned char) m->routing_key[5]) != m->event.type)
-			{
-				/* user.D carrying a "C" event: trust neither */
-				m->outcome = OF_OUT_DEAD;
-				m->error = psprintf("routing key %s does not match event type \"%c\"",
-									m->routing_key, m->event.type);
-				m->reply = json_error_reply(m->error, ERRCODE_INVALID_PARAMETER_VALUE);
-			}
-		}
+		/* user events are validated by ordflow.user_event() */
 	}
 
 	of_process_order_messages(orders, norders, worker_no, stats);

@@ -42,7 +42,6 @@ typedef struct OfMessage
 	bool		from_outbox;	/* published by our relay */
 
 	OfOrderMsg	order;
-	OfUserEventMsg event;
 
 	OfOutcome	outcome;
 	char	   *error;			/* why it was dead-lettered */
