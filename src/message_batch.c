@@ -28,12 +28,13 @@ typedef enum PlanId
 } PlanId;
 
 static const char *plan_sql[NUM_PLANS] = {
-	/* PLAN_DEAD_LETTERS */
-	"INSERT INTO ordflow.dead_letters"
-	"       (queue, routing_key, body, body_text, error, redelivered, message_id, correlation_id)"
-	" SELECT * FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.bytea[],"
-	"        $4::pg_catalog.text[], $5::pg_catalog.text[], $6::pg_catalog.bool[], $7::pg_catalog.text[],"
-	"        $8::pg_catalog.text[])",
+	/* PLAN_DEAD_LETTERS ($4, body_text, is computed by the 1.1 view) */
+	"INSERT INTO ordflow.dead_letters_raw"
+	"       (queue, routing_key, body, body_size, error, redelivered, message_id, correlation_id)"
+	" SELECT q, rk, b, pg_catalog.length(b), e, r, m, c"
+	"   FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.bytea[],"
+	"        $5::pg_catalog.text[], $6::pg_catalog.bool[], $7::pg_catalog.text[],"
+	"        $8::pg_catalog.text[]) AS u(q, rk, b, e, r, m, c)",
 
 	/* PLAN_USER_EVENT: NULL when the routing key names another type ($2) */
 	"SELECT CASE WHEN $2 IS NULL OR ($1::pg_catalog.jsonb OPERATOR(pg_catalog.->>) 'type') = $2"

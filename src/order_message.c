@@ -59,15 +59,6 @@ typedef struct
 	char		ferr[OF_MSG_ERR_LEN];	/* the first field error */
 } DecodeState;
 
-/* A JSON number token's text (already validated by the lexer). */
-typedef struct
-{
-	const unsigned char *start;
-	size_t		len;
-	bool		neg;
-	bool		is_int;			/* no fraction, no exponent */
-} NumTok;
-
 /* ---------- field rules ---------- */
 
 /* Record a field error; only the first counts. */
@@ -81,16 +72,11 @@ field_error(DecodeState *st, const char *msg)
 	}
 }
 
-static NumTok
-number_token(const char *tok)
+/* Number tokens come validated by the lexer: no fraction, no exponent? */
+static bool
+is_integer(const char *num)
 {
-	NumTok		num;
-
-	num.start = (const unsigned char *) tok;
-	num.len = strlen(tok);
-	num.neg = tok[0] == '-';
-	num.is_int = strpbrk(tok, ".eE") == NULL;
-	return num;
+	return strpbrk(num, ".eE") == NULL;
 }
 
 /*
@@ -98,16 +84,16 @@ number_token(const char *tok)
  * integer token or is out of range.
  */
 static bool
-num_to_int64(const NumTok *num, int64 lo, int64 hi, int64 *result)
+num_to_int64(const char *num, int64 lo, int64 hi, int64 *result)
 {
 	char	   *end;
 	int64		v;
 
-	if (!num->is_int)
+	if (!is_integer(num))
 		return false;
 	errno = 0;
-	v = strtoi64((const char *) num->start, &end, 10);
-	if (errno != 0 || end != (const char *) num->start + num->len || v < lo || v > hi)
+	v = strtoi64(num, &end, 10);
+	if (errno != 0 || *end != '\0' || v < lo || v > hi)
 		return false;
 	*result = v;
 	return true;
@@ -119,11 +105,12 @@ num_to_int64(const NumTok *num, int64 lo, int64 hi, int64 *result)
  * "1e-400" and 1000000000000000.0000001 exact.  Returns NULL or a reason.
  */
 static const char *
-check_amount(const NumTok *num)
+check_amount(const char *num)
 {
 	const char *range = "amount must be a number > 0 and <= 1e15, or null";
-	const unsigned char *p = num->start;
-	const unsigned char *end = num->start + num->len;
+	size_t		len = strlen(num);
+	const unsigned char *p = (const unsigned char *) num;
+	const unsigned char *end = p + len;
 	long		nint = 0;		/* digits before the decimal point */
 	long		nfrac = 0;		/* digits after it */
 	bool		in_frac = false;
@@ -135,9 +122,9 @@ check_amount(const NumTok *num)
 	long		weight;			/* decimal weight of the first nonzero digit */
 	long		expo = 0;
 
-	if (num->len > 63)
+	if (len > 63)
 		return "amount has more than 63 characters";
-	if (num->neg)
+	if (*num == '-')
 		return range;
 	for (; p < end && *p != 'e' && *p != 'E'; p++)
 	{
@@ -284,7 +271,6 @@ check_rfc3339(const char *s, size_t n)
 	return NULL;
 }
 
-
 /* Copy up to 24 bytes of a key into dst as printable ASCII, for a reason. */
 static void
 safe_snippet(char *dst, size_t dstlen, const char *src)
@@ -373,7 +359,6 @@ field_value(DecodeState *st, int field, const char *tok, JsonTokenType type)
 {
 	OfOrderMsg *o = st->out;
 	bool		isnum = type == JSON_TOKEN_NUMBER;
-	NumTok		num = number_token(isnum ? tok : "");
 	int64		v;
 	const char *why;
 
@@ -382,15 +367,15 @@ field_value(DecodeState *st, int field, const char *tok, JsonTokenType type)
 	switch (field)
 	{
 		case F_ORDER_ID:
-			if (!isnum || !num_to_int64(&num, 1, PG_INT64_MAX, &v))
+			if (!isnum || !num_to_int64(tok, 1, PG_INT64_MAX, &v))
 				field_error(st, "order_id must be an integer between 1 and 9223372036854775807");
 			else
 				o->order_id = v;
 			break;
 		case F_UID:
-			if (!isnum || !num.is_int)
+			if (!isnum || !is_integer(tok))
 				field_error(st, "uid must be an integer or null");
-			else if (!num_to_int64(&num, PG_INT64_MIN, PG_INT64_MAX, &v))
+			else if (!num_to_int64(tok, PG_INT64_MIN, PG_INT64_MAX, &v))
 				field_error(st, "uid is out of range for a 64-bit integer");
 			else
 			{
@@ -402,7 +387,7 @@ field_value(DecodeState *st, int field, const char *tok, JsonTokenType type)
 			symbol_value(st, tok, type);
 			break;
 		case F_QUANTITY:
-			if (!isnum || !num_to_int64(&num, 1, PG_INT32_MAX, &v))
+			if (!isnum || !num_to_int64(tok, 1, PG_INT32_MAX, &v))
 				field_error(st, "quantity must be an integer >= 1 and <= 2147483647, or null");
 			else
 			{
@@ -413,11 +398,11 @@ field_value(DecodeState *st, int field, const char *tok, JsonTokenType type)
 		case F_AMOUNT:
 			if (!isnum)
 				field_error(st, "amount must be a number > 0 and <= 1e15, or null");
-			else if ((why = check_amount(&num)) != NULL)
+			else if ((why = check_amount(tok)) != NULL)
 				field_error(st, why);
 			else
 			{
-				memcpy(o->amount, tok, num.len + 1);
+				strlcpy(o->amount, tok, sizeof(o->amount));
 				o->has_amount = true;
 			}
 			break;
@@ -599,54 +584,41 @@ too_deep_at(const char *buf, int len)
 	return -1;
 }
 
-/* Our own short texts (json_errdetail() would quote the input). */
+/* Our own short texts: json_errdetail() is backend-only and quotes the input. */
+static const char *const json_error_texts[] = {
+	[JSON_ESCAPING_INVALID] = "invalid escape in string",
+	[JSON_ESCAPING_REQUIRED] = "control character in string",
+	[JSON_EXPECTED_ARRAY_FIRST] = "expected a value or ']'",
+	[JSON_EXPECTED_ARRAY_NEXT] = "expected ',' or ']'",
+	[JSON_EXPECTED_COLON] = "expected ':'",
+	[JSON_EXPECTED_END] = "trailing data after the JSON value",
+	[JSON_EXPECTED_JSON] = "expected a value",
+	[JSON_EXPECTED_MORE] = "unexpected end of input",
+	[JSON_EXPECTED_OBJECT_FIRST] = "expected a string key or '}'",
+	[JSON_EXPECTED_OBJECT_NEXT] = "expected ',' or '}'",
+	[JSON_EXPECTED_STRING] = "expected a string key",
+	[JSON_INVALID_TOKEN] = "invalid token",
+	[JSON_UNICODE_CODE_POINT_ZERO] = "\\u0000 is not allowed",
+	[JSON_UNICODE_ESCAPE_FORMAT] = "invalid \\u escape",
+	[JSON_UNICODE_HIGH_ESCAPE] = "\\u escape not representable",
+	[JSON_UNICODE_HIGH_SURROGATE] = "lone surrogate in \\u escape",
+	[JSON_UNICODE_LOW_SURROGATE] = "lone surrogate in \\u escape",
+};
+
 static const char *
 json_error_text(JsonParseErrorType error, const char *at)
 {
-	switch (error)
+	if (error == JSON_INVALID_TOKEN && at != NULL)
 	{
-		case JSON_ESCAPING_INVALID:
-			return "invalid escape in string";
-		case JSON_ESCAPING_REQUIRED:
-			return "control character in string";
-		case JSON_EXPECTED_ARRAY_FIRST:
-			return "expected a value or ']'";
-		case JSON_EXPECTED_ARRAY_NEXT:
-			return "expected ',' or ']'";
-		case JSON_EXPECTED_COLON:
-			return "expected ':'";
-		case JSON_EXPECTED_END:
-			return "trailing data after the JSON value";
-		case JSON_EXPECTED_JSON:
-			return "expected a value";
-		case JSON_EXPECTED_MORE:
-			return "unexpected end of input";
-		case JSON_EXPECTED_OBJECT_FIRST:
-			return "expected a string key or '}'";
-		case JSON_EXPECTED_OBJECT_NEXT:
-			return "expected ',' or '}'";
-		case JSON_EXPECTED_STRING:
-			return "expected a string key";
-		case JSON_INVALID_TOKEN:
-			/* a string token is only invalid when the input ends inside it */
-			if (at != NULL && *at == '"')
-				return "unterminated string";
-			if (at != NULL && (*at == '-' || (*at >= '0' && *at <= '9')))
-				return "invalid number";
-			return "invalid token";
-		case JSON_UNICODE_CODE_POINT_ZERO:
-			return "\\u0000 is not allowed";
-		case JSON_UNICODE_ESCAPE_FORMAT:
-			return "invalid \\u escape";
-		case JSON_UNICODE_HIGH_ESCAPE:
-			return "\\u escape not representable";
-		case JSON_UNICODE_HIGH_SURROGATE:
-		case JSON_UNICODE_LOW_SURROGATE:
-			return "lone surrogate in \\u escape";
-		case JSON_SUCCESS:
-			break;
+		/* a string token is only invalid when the input ends inside it */
+		if (*at == '"')
+			return "unterminated string";
+		if (*at == '-' || (*at >= '0' && *at <= '9'))
+			return "invalid number";
 	}
-	return "invalid JSON";
+	if ((int) error < 0 || error >= lengthof(json_error_texts) || json_error_texts[error] == NULL)
+		return "invalid JSON";
+	return json_error_texts[error];
 }
 
 /*

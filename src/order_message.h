@@ -6,7 +6,7 @@
  *	  (common/jsonapi.h).  User-event bodies are not decoded here: they are
  *	  validated once, in SQL, by ordflow.user_event().
  *
- *	  Rules (see SPEC.md "Order messages"): the body must be valid UTF-8
+ *	  Rules (README.md, "Messages"): the body must be valid UTF-8
  *	  holding exactly one JSON value (RFC 8259, whitespace around it allowed)
  *	  that is an object; nesting deeper than OF_MSG_MAX_DEPTH is refused, and
  *	  so are \u0000 and lone surrogates anywhere in it; duplicate top-level
