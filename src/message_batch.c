@@ -36,8 +36,14 @@ static const char *plan_sql[NUM_PLANS] = {
 	"        $5::pg_catalog.text[], $6::pg_catalog.bool[], $7::pg_catalog.text[],"
 	"        $8::pg_catalog.text[]) AS u(q, rk, b, e, r, m, c)",
 
-	/* PLAN_USER_EVENT: NULL when the routing key names another type ($2) */
-	"SELECT CASE WHEN $2 IS NULL OR ($1::pg_catalog.jsonb OPERATOR(pg_catalog.->>) 'type') = $2"
+	/*
+	 * PLAN_USER_EVENT: NULL when the routing key names another type ($2)
+	 * than the event's "type" string; user_event() judges everything else.
+	 */
+	"SELECT CASE WHEN $2 IS NULL"
+	"         OR pg_catalog.jsonb_typeof($1::pg_catalog.jsonb OPERATOR(pg_catalog.->) 'type')"
+	"            IS DISTINCT FROM 'string'"
+	"         OR ($1::pg_catalog.jsonb OPERATOR(pg_catalog.->>) 'type') = $2"
 	"       THEN ordflow.user_event($1::pg_catalog.jsonb)::pg_catalog.text END"
 };
 
