@@ -38,12 +38,13 @@ static const char *plan_sql[NUM_PLANS] = {
 
 	/*
 	 * PLAN_USER_EVENT: NULL when the routing key names another type ($2)
-	 * than the event's "type" string; user_event() judges everything else.
+	 * than the event's "type" string (which user_event() reads in any case);
+	 * user_event() judges everything else.
 	 */
 	"SELECT CASE WHEN $2 IS NULL"
 	"         OR pg_catalog.jsonb_typeof($1::pg_catalog.jsonb OPERATOR(pg_catalog.->) 'type')"
 	"            IS DISTINCT FROM 'string'"
-	"         OR ($1::pg_catalog.jsonb OPERATOR(pg_catalog.->>) 'type') = $2"
+	"         OR pg_catalog.upper($1::pg_catalog.jsonb OPERATOR(pg_catalog.->>) 'type') = $2"
 	"       THEN ordflow.user_event($1::pg_catalog.jsonb)::pg_catalog.text END"
 };
 
