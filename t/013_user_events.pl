@@ -140,6 +140,9 @@ my @invalid = (
 	[ 'X', '{"type": "X"}', qr/type/, 'unknown type' ],
 	[ 'C', '{"type": "C", "name": "Eve"', qr/invalid input syntax for type json/, 'not JSON' ],
 	[ 'D', '{"type": "R", "condition": {"uid": 1}}', qr/routing key user\.D does not match/, 'key contradicts the type' ],
+	# text stops at a NUL and is not checked for UTF-8 by the jsonb cast
+	[ 'C', qq({"type": "C", "name": "\xff", "lname": "E", "credit_limit": 1}), qr/UTF-8 text without NUL/, 'invalid UTF-8' ],
+	[ 'R', qq({"type": "R"}\0 and then anything), qr/UTF-8 text without NUL/, 'NUL byte' ],
 	[ 'C', '{"type": "C", "name": "Eve", "lname": "E", "credit_limit": -1}', qr/credit_limit must be between 0 and 1e15/, 'negative limit' ],
 );
 for my $inv (@invalid)
