@@ -559,6 +559,10 @@ generated_cases(void)
 	checks++;
 	if (of_parse_order(NULL, 0, &m, err, sizeof(err)) || strstr(err, "empty body") == NULL)
 		fail("NULL buffer", "reason: %s%s", err, "");
+	/* a length jsonapi's int cannot count is refused before anything is read */
+	checks++;
+	if (of_parse_order("{}", (size_t) INT_MAX, &m, err, sizeof(err)) || strstr(err, "larger than 1 GB") == NULL)
+		fail("huge len", "reason: %s%s", err, "");
 	/* buffer not NUL-terminated: only len bytes are read */
 	checks++;
 	memcpy(buf, "{\"order_id\":1,\"quantity\":1}999", 30);
