@@ -561,7 +561,7 @@ generated_cases(void)
 		fail("NULL buffer", "reason: %s%s", err, "");
 	/* a length jsonapi's int cannot count is refused before anything is read */
 	checks++;
-	if (of_parse_order("{}", (size_t) INT_MAX, &m, err, sizeof(err)) || strstr(err, "larger than 1 GB") == NULL)
+	if (of_parse_order("{}", (size_t) PG_INT32_MAX, &m, err, sizeof(err)) || strstr(err, "larger than 1 GB") == NULL)
 		fail("huge len", "reason: %s%s", err, "");
 	/* buffer not NUL-terminated: only len bytes are read */
 	checks++;
