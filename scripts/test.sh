@@ -4,7 +4,7 @@
 # Installs missing Debian packages, builds and installs the extension, then
 # runs as the unprivileged `postgres` user (initdb refuses root) in a private
 # copy of the tree under /var/tmp:
-#   1. C unit tests of the message parser (test/message_test.c, if present)
+#   1. C unit tests of the order-message decoder (make -C test)
 #   2. pg_regress (sql/*.sql vs expected/*.out) on a temporary instance
 #   3. TAP tests (t/*.pl) with real PostgreSQL nodes and a private RabbitMQ
 #   4. static validation of docker/compose.yml
@@ -115,15 +115,9 @@ else
 
 	# 1. C unit tests
 	if [ -f "$SRC/test/Makefile" ]; then
-		run_step "C unit tests (make -C test)" as_pg make -C "$SRC/test"
-	elif [ -f "$SRC/test/message_test.c" ]; then
-		run_step "C unit tests (test/message_test.c)" as_pg bash -c "
-			cd '$SRC' &&
-			cc -std=gnu99 -Wall -Wextra -O1 -g -Isrc -o test/message_test \
-				test/message_test.c src/order_message.c -lm &&
-			./test/message_test"
+		run_step "C unit tests (make -C test)" as_pg make -C "$SRC/test" PG_CONFIG="$PG_CONFIG"
 	else
-		say "(no C unit tests yet: test/message_test.c is missing)"
+		say "(no C unit tests: test/Makefile is missing)"
 	fi
 
 	# 2. pg_regress

@@ -1,645 +1,101 @@
 /*-------------------------------------------------------------------------
  *
  * order_message.c
- *	  Strict, allocation-free JSON decoder for ordflow's broker messages.
+ *	  Order-message decoder on top of PostgreSQL's JSON parser.
  *
- *	  One pass over the buffer.  Nested values are skipped by an iterative
- *	  walker whose open containers live in a 64-bit mask, so hostile nesting
- *	  cannot exhaust the C stack.  Syntax errors win over field errors: the
- *	  first field error is remembered and reported only once the whole body
- *	  turned out to be valid JSON, so a truncated message is always reported
- *	  as such.
+ *	  pg_parse_json() does the RFC 8259 syntax, de-escaping, surrogate pairs
+ *	  and \u0000; the JsonSemAction callbacks below apply the field rules to
+ *	  the top-level object.  What PostgreSQL 15 leaves to us is done here:
+ *	  raw UTF-8 validation (its lexer copies non-ASCII bytes unchecked), a
+ *	  depth limit (its callbacks cannot stop the recursion, so hostile
+ *	  nesting is found by a cheap pre-scan before parsing), error texts that
+ *	  do not echo the input (json_errdetail() is backend-only and quotes the
+ *	  token) and freeing the lexer (15 has no freeJsonLexContext()).
  *
- *	  Pure C99 on purpose (no PostgreSQL headers): test/message_test.c and
- *	  fuzz/fuzz_message.c link it directly.
+ *	  A field error is only remembered while parsing and reported once the
+ *	  whole body turned out to be valid JSON, so a truncated message is
+ *	  always reported as such.
  *
  *-------------------------------------------------------------------------
  */
+#ifdef FRONTEND
+#include "postgres_fe.h"
+#else
+#include "postgres.h"
+#endif
+
+#include <errno.h>
+#include <limits.h>
+
+#include "common/jsonapi.h"
+#include "mb/pg_wchar.h"
+
 #include "order_message.h"
 
-#include <stdio.h>
-#include <string.h>
-
+/* The top-level keys we read; the order is the bit order of seen_mask. */
 typedef enum
 {
-	V_STRING,
-	V_NUMBER,
-	V_NULL,
-	V_TRUE,
-	V_FALSE,
-	V_OBJECT,
-	V_ARRAY
-} ValueKind;
+	F_ORDER_ID, F_UID, F_SYMBOL, F_QUANTITY, F_AMOUNT, F_CREATED_AT,
+	F_NFIELDS
+} OrderField;
 
-/* Where a decoded string goes and what we learnt about it. */
-typedef struct
-{
-	char	   *buf;			/* may be NULL when cap is 0 */
-	size_t		cap;			/* bytes available, excluding the NUL */
-	size_t		len;			/* decoded length in bytes (even beyond cap) */
-	size_t		nchars;			/* code points */
-	bool		has_nul;		/* contained \u0000 */
-	bool		want_hash;
-	uint64_t	hash;			/* FNV-1a of the decoded bytes */
-} StrOut;
+#define F_NONE (-1)				/* not at a known top-level field's value */
 
-/* A JSON number token. */
-typedef struct
-{
-	const unsigned char *start;
-	size_t		len;
-	bool		neg;
-	bool		is_int;			/* no fraction, no exponent */
-} NumTok;
-
-typedef struct
-{
-	const unsigned char *base;
-	const unsigned char *p;
-	const unsigned char *end;
-	const char *syn_err;		/* first syntax error, or NULL */
-	size_t		syn_off;
-	bool		field_err;		/* a field error was recorded in ferr */
-	char		ferr[OF_MSG_ERR_LEN];
-	bool		saw_nul;		/* some string held \u0000 */
-} Parser;
-
-/* Top-level keys a message kind reads; others are "unknown". */
-typedef struct
-{
-	const char *name;
-	size_t		len;
-} KeyName;
-
-#define KEY(s) {s, sizeof(s) - 1}
-
-enum
-{
-	K_ORDER_ID, K_UID, K_SYMBOL, K_QUANTITY, K_AMOUNT, K_CREATED_AT
-};
-static const KeyName order_keys[] = {
-	KEY("order_id"), KEY("uid"), KEY("symbol"), KEY("quantity"),
-	KEY("amount"), KEY("created_at")
+static const char *const field_names[F_NFIELDS] = {
+	"order_id", "uid", "symbol", "quantity", "amount", "created_at"
 };
 
-enum
-{
-	K_TYPE, K_CONDITION, K_NEW_VAL
-};
-static const KeyName event_keys[] = {
-	KEY("type"), KEY("condition"), KEY("new_val")
-};
-
-/* Longer than any known key, so a key that does not fit is certainly unknown. */
-#define KEYBUF_LEN 16
-
-/* Remembered unknown top-level keys, for the duplicate check. */
+/* What the callbacks share. */
 typedef struct
 {
-	uint64_t	hash;
-	size_t		len;
-	size_t		off;			/* offset of the key's opening quote */
-} SeenKey;
+	OfOrderMsg *out;
+	int			depth;			/* containers open around the current token */
+	bool		started;		/* the top-level value began */
+	int			field;			/* known field whose value comes next, or F_NONE */
+	unsigned	seen_mask;		/* known fields present */
+	int			nunknown;
+	char	   *unknown[OF_MSG_MAX_UNKNOWN_KEYS];	/* their names (palloc'd) */
+	bool		field_err;
+	char		ferr[OF_MSG_ERR_LEN];	/* the first field error */
+} DecodeState;
 
-typedef struct
-{
-	int			nseen;
-	SeenKey		seen[OF_MSG_MAX_UNKNOWN_KEYS];
-} KeySet;
-
-static bool parse_value(Parser *ps, int depth, StrOut *so, ValueKind *kind, NumTok *num);
-
-/* ---------- error reporting ---------- */
-
-static void
-set_err(char *err, size_t errlen, const char *msg)
-{
-	if (err != NULL && errlen > 0)
-		snprintf(err, errlen, "%s", msg);
-}
-
-/* Record a syntax error; only the first counts. */
-static bool
-syntax_error(Parser *ps, const unsigned char *at, const char *what)
-{
-	if (ps->syn_err == NULL)
-	{
-		ps->syn_err = what;
-		ps->syn_off = (size_t) (at - ps->base);
-	}
-	return false;
-}
+/* ---------- field rules ---------- */
 
 /* Record a field error; only the first counts. */
 static void
-field_error(Parser *ps, const char *msg)
+field_error(DecodeState *st, const char *msg)
 {
-	if (!ps->field_err)
+	if (!st->field_err)
 	{
-		ps->field_err = true;
-		snprintf(ps->ferr, sizeof(ps->ferr), "%s", msg);
+		st->field_err = true;
+		snprintf(st->ferr, sizeof(st->ferr), "%s", msg);
 	}
 }
 
-/*
- * Copy the first bytes of a key (at most "avail" of them are readable, "len"
- * is its full length) into dst for an error message, as printable ASCII
- * only: the reason lands in a text column and in logs.
- */
-static void
-safe_snippet(char *dst, size_t dstlen, const char *src, size_t avail, size_t len)
-{
-	size_t		i,
-				o = 0;
-	size_t		lim = avail < len ? avail : len;
-
-	for (i = 0; i < lim && o + 1 < dstlen; i++)
-	{
-		unsigned char c = (unsigned char) src[i];
-
-		dst[o++] = (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') ? (char) c : '?';
-	}
-	if (len > lim && o + 4 <= dstlen)
-	{
-		memcpy(dst + o, "...", 3);
-		o += 3;
-	}
-	dst[o] = '\0';
-}
-
-/* ---------- lexical helpers ---------- */
-
-static inline void
-skip_ws(Parser *ps)
-{
-	const unsigned char *p = ps->p;
-	const unsigned char *end = ps->end;
-
-	while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
-		p++;
-	ps->p = p;
-}
-
-static inline int
-hexval(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-/* Read 4 hex digits at p (bounds already checked); -1 if not hex. */
-static inline long
-hex4(const unsigned char *p)
-{
-	int			a = hexval(p[0]),
-				b = hexval(p[1]),
-				c = hexval(p[2]),
-				d = hexval(p[3]);
-
-	if ((a | b | c | d) < 0)
-		return -1;
-	return ((long) a << 12) | (b << 8) | (c << 4) | d;
-}
-
-static inline void
-out_byte(StrOut *so, unsigned char c)
-{
-	if (so->len < so->cap)
-		so->buf[so->len] = (char) c;
-	so->len++;
-	if (so->want_hash)
-		so->hash = (so->hash ^ c) * UINT64_C(1099511628211);
-}
-
-static void
-out_cp(StrOut *so, uint32_t cp)
-{
-	if (cp < 0x80)
-		out_byte(so, (unsigned char) cp);
-	else if (cp < 0x800)
-	{
-		out_byte(so, (unsigned char) (0xC0 | (cp >> 6)));
-		out_byte(so, (unsigned char) (0x80 | (cp & 0x3F)));
-	}
-	else if (cp < 0x10000)
-	{
-		out_byte(so, (unsigned char) (0xE0 | (cp >> 12)));
-		out_byte(so, (unsigned char) (0x80 | ((cp >> 6) & 0x3F)));
-		out_byte(so, (unsigned char) (0x80 | (cp & 0x3F)));
-	}
-	else
-	{
-		out_byte(so, (unsigned char) (0xF0 | (cp >> 18)));
-		out_byte(so, (unsigned char) (0x80 | ((cp >> 12) & 0x3F)));
-		out_byte(so, (unsigned char) (0x80 | ((cp >> 6) & 0x3F)));
-		out_byte(so, (unsigned char) (0x80 | (cp & 0x3F)));
-	}
-	so->nchars++;
-}
-
-/*
- * Length of the well-formed UTF-8 sequence starting at p (a byte >= 0x80),
- * or 0 if it is malformed: overlong forms, surrogates, values above
- * U+10FFFF and truncated sequences are all refused (RFC 3629 table).
- */
-static inline int
-utf8_seq_len(const unsigned char *p, const unsigned char *end)
-{
-	unsigned char c = p[0];
-	size_t		avail = (size_t) (end - p);
-	unsigned char lo = 0x80,
-				hi = 0xBF;
-	int			n;
-	int			i;
-
-	if (c >= 0xC2 && c <= 0xDF)
-		n = 2;
-	else if (c >= 0xE0 && c <= 0xEF)
-	{
-		n = 3;
-		if (c == 0xE0)
-			lo = 0xA0;
-		else if (c == 0xED)
-			hi = 0x9F;
-	}
-	else if (c >= 0xF0 && c <= 0xF4)
-	{
-		n = 4;
-		if (c == 0xF0)
-			lo = 0x90;
-		else if (c == 0xF4)
-			hi = 0x8F;
-	}
-	else
-		return 0;
-	if (avail < (size_t) n)
-		return 0;
-	if (p[1] < lo || p[1] > hi)
-		return 0;
-	for (i = 2; i < n; i++)
-		if (p[i] < 0x80 || p[i] > 0xBF)
-			return 0;
-	return n;
-}
-
-/*
- * Parse a string starting at the opening quote, decoding it into so.
- * The decoded text is NUL-terminated in so->buf when it fits.
- */
+/* Number tokens come validated by the lexer: no fraction, no exponent? */
 static bool
-parse_string(Parser *ps, StrOut *so)
+is_integer(const char *num)
 {
-	const unsigned char *p = ps->p + 1;
-	const unsigned char *end = ps->end;
-
-	so->len = 0;
-	so->nchars = 0;
-	so->has_nul = false;
-	so->hash = UINT64_C(14695981039346656037);
-
-	for (;;)
-	{
-		unsigned char c;
-
-		/* fast path: a run of plain ASCII */
-		while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\')
-		{
-			out_byte(so, *p++);
-			so->nchars++;
-		}
-		if (p >= end)
-			return syntax_error(ps, p, "unterminated string");
-		c = *p;
-		if (c == '"')
-		{
-			p++;
-			break;
-		}
-		if (c < 0x20)
-			return syntax_error(ps, p, "control character in string");
-		if (c == '\\')
-		{
-			if (end - p < 2)
-				return syntax_error(ps, p, "unterminated string");
-			switch (p[1])
-			{
-				case '"':
-				case '\\':
-				case '/':
-					out_byte(so, p[1]);
-					so->nchars++;
-					p += 2;
-					break;
-				case 'b':
-					out_cp(so, '\b');
-					p += 2;
-					break;
-				case 'f':
-					out_cp(so, '\f');
-					p += 2;
-					break;
-				case 'n':
-					out_cp(so, '\n');
-					p += 2;
-					break;
-				case 'r':
-					out_cp(so, '\r');
-					p += 2;
-					break;
-				case 't':
-					out_cp(so, '\t');
-					p += 2;
-					break;
-				case 'u':
-					{
-						long		u;
-						uint32_t	cp;
-
-						if (end - p < 6 || (u = hex4(p + 2)) < 0)
-							return syntax_error(ps, p, "invalid \\u escape");
-						p += 6;
-						if (u >= 0xDC00 && u <= 0xDFFF)
-							return syntax_error(ps, p - 6, "lone low surrogate in \\u escape");
-						if (u >= 0xD800 && u <= 0xDBFF)
-						{
-							long		lo;
-
-							if (end - p < 6 || p[0] != '\\' || p[1] != 'u' ||
-								(lo = hex4(p + 2)) < 0 || lo < 0xDC00 || lo > 0xDFFF)
-								return syntax_error(ps, p - 6, "lone high surrogate in \\u escape");
-							p += 6;
-							cp = 0x10000 + (((uint32_t) u - 0xD800) << 10) + ((uint32_t) lo - 0xDC00);
-						}
-						else
-							cp = (uint32_t) u;
-						if (cp == 0)
-						{
-							so->has_nul = true;
-							ps->saw_nul = true;
-						}
-						out_cp(so, cp);
-						break;
-					}
-				default:
-					return syntax_error(ps, p, "invalid escape in string");
-			}
-			continue;
-		}
-		/* c >= 0x80: a multi-byte UTF-8 sequence, copied as is */
-		{
-			int			n = utf8_seq_len(p, end);
-			int			i;
-
-			if (n == 0)
-				return syntax_error(ps, p, "invalid UTF-8");
-			for (i = 0; i < n; i++)
-				out_byte(so, p[i]);
-			so->nchars++;
-			p += n;
-		}
-	}
-	if (so->cap > 0)
-		so->buf[so->len < so->cap ? so->len : so->cap] = '\0';
-	ps->p = p;
-	return true;
+	return strpbrk(num, ".eE") == NULL;
 }
-
-/* Parse a number token per RFC 8259 section 6. */
-static bool
-parse_number(Parser *ps, NumTok *num)
-{
-	const unsigned char *p = ps->p;
-	const unsigned char *end = ps->end;
-
-	num->start = p;
-	num->neg = false;
-	num->is_int = true;
-	if (*p == '-')
-	{
-		num->neg = true;
-		p++;
-	}
-	if (p >= end || *p < '0' || *p > '9')
-		return syntax_error(ps, p, "invalid number");
-	if (*p == '0')
-		p++;
-	else
-		while (p < end && *p >= '0' && *p <= '9')
-			p++;
-	if (p < end && *p == '.')
-	{
-		p++;
-		num->is_int = false;
-		if (p >= end || *p < '0' || *p > '9')
-			return syntax_error(ps, p, "invalid number: digit expected after '.'");
-		while (p < end && *p >= '0' && *p <= '9')
-			p++;
-	}
-	if (p < end && (*p == 'e' || *p == 'E'))
-	{
-		p++;
-		num->is_int = false;
-		if (p < end && (*p == '+' || *p == '-'))
-			p++;
-		if (p >= end || *p < '0' || *p > '9')
-			return syntax_error(ps, p, "invalid number: digit expected in exponent");
-		while (p < end && *p >= '0' && *p <= '9')
-			p++;
-	}
-	num->len = (size_t) (p - num->start);
-	ps->p = p;
-	return true;
-}
-
-static bool
-parse_literal(Parser *ps, const char *word, size_t n)
-{
-	if ((size_t) (ps->end - ps->p) < n || memcmp(ps->p, word, n) != 0)
-		return syntax_error(ps, ps->p, "invalid literal");
-	ps->p += n;
-	return true;
-}
-
-/*
- * Skip one object or array starting at ps->p ('{' or '['), whose own depth
- * is "depth".  Iterative: bit i of "isobj" says whether the container at
- * relative level i is an object.  depth <= OF_MSG_MAX_DEPTH keeps the level
- * below 64.
- */
-static bool
-skip_container(Parser *ps, int depth)
-{
-	uint64_t	isobj = 0;
-	int			level = -1;		/* relative level of the innermost open container */
-	StrOut		scratch;
-
-	memset(&scratch, 0, sizeof(scratch));
-
-	for (;;)
-	{
-		unsigned char c;
-
-		/* at the start of a value */
-		skip_ws(ps);
-		if (ps->p >= ps->end)
-			return syntax_error(ps, ps->p, "unexpected end of input");
-		c = *ps->p;
-		if (c == '{' || c == '[')
-		{
-			level++;
-			if (depth + level > OF_MSG_MAX_DEPTH)
-				return syntax_error(ps, ps->p, "nesting deeper than 64");
-			if (c == '{')
-				isobj |= UINT64_C(1) << level;
-			else
-				isobj &= ~(UINT64_C(1) << level);
-			ps->p++;
-			skip_ws(ps);
-			if (ps->p < ps->end && *ps->p == (c == '{' ? '}' : ']'))
-			{
-				ps->p++;
-				level--;
-				goto after_value;
-			}
-			if (c == '{')
-				goto expect_key;
-			continue;
-		}
-		else
-		{
-			ValueKind	k;
-			NumTok		num;
-
-			if (!parse_value(ps, depth + level + 1, &scratch, &k, &num))
-				return false;
-		}
-
-after_value:
-		if (level < 0)
-			return true;
-		skip_ws(ps);
-		if (ps->p >= ps->end)
-			return syntax_error(ps, ps->p, "unexpected end of input");
-		c = *ps->p;
-		if (c == ',')
-		{
-			ps->p++;
-			skip_ws(ps);
-			if (isobj & (UINT64_C(1) << level))
-				goto expect_key;
-			continue;
-		}
-		if (c == ((isobj & (UINT64_C(1) << level)) ? '}' : ']'))
-		{
-			ps->p++;
-			level--;
-			goto after_value;
-		}
-		return syntax_error(ps, ps->p, (isobj & (UINT64_C(1) << level)) ?
-							"expected ',' or '}'" : "expected ',' or ']'");
-
-expect_key:
-		if (ps->p >= ps->end || *ps->p != '"')
-			return syntax_error(ps, ps->p, "expected a string key");
-		if (!parse_string(ps, &scratch))
-			return false;
-		skip_ws(ps);
-		if (ps->p >= ps->end || *ps->p != ':')
-			return syntax_error(ps, ps->p, "expected ':'");
-		ps->p++;
-	}
-}
-
-/*
- * Parse any value at ps->p (after whitespace).  Strings are decoded into so,
- * numbers described in num, containers skipped.  "depth" is the depth a
- * container starting here would have.
- */
-static bool
-parse_value(Parser *ps, int depth, StrOut *so, ValueKind *kind, NumTok *num)
-{
-	unsigned char c;
-
-	if (ps->p >= ps->end)
-		return syntax_error(ps, ps->p, "unexpected end of input");
-	c = *ps->p;
-	switch (c)
-	{
-		case '"':
-			*kind = V_STRING;
-			return parse_string(ps, so);
-		case '{':
-			*kind = V_OBJECT;
-			return skip_container(ps, depth);
-		case '[':
-			*kind = V_ARRAY;
-			return skip_container(ps, depth);
-		case 't':
-			*kind = V_TRUE;
-			return parse_literal(ps, "true", 4);
-		case 'f':
-			*kind = V_FALSE;
-			return parse_literal(ps, "false", 5);
-		case 'n':
-			*kind = V_NULL;
-			return parse_literal(ps, "null", 4);
-		default:
-			if (c == '-' || (c >= '0' && c <= '9'))
-			{
-				*kind = V_NUMBER;
-				return parse_number(ps, num);
-			}
-			return syntax_error(ps, ps->p, "unexpected character");
-	}
-}
-
-/* ---------- field checks ---------- */
 
 /*
  * Convert an integer token to int64 within [lo, hi]; false if it is not an
  * integer token or is out of range.
  */
 static bool
-num_to_int64(const NumTok *num, int64_t lo, int64_t hi, int64_t *result)
+num_to_int64(const char *num, int64 lo, int64 hi, int64 *result)
 {
-	const unsigned char *p = num->start;
-	const unsigned char *end = num->start + num->len;
-	uint64_t	v = 0;
-	uint64_t	limit;
+	char	   *end;
+	int64		v;
 
-	if (!num->is_int)
+	if (!is_integer(num))
 		return false;
-	if (num->neg)
-		p++;
-	/* magnitude limit: |INT64_MIN| for negatives */
-	limit = num->neg ? (uint64_t) INT64_MAX + 1 : (uint64_t) INT64_MAX;
-	for (; p < end; p++)
-	{
-		unsigned	d = (unsigned) (*p - '0');
-
-		if (v > (limit - d) / 10)
-			return false;
-		v = v * 10 + d;
-	}
-	if (num->neg)
-	{
-		int64_t		s = (v == (uint64_t) INT64_MAX + 1) ? INT64_MIN : -(int64_t) v;
-
-		if (s < lo || s > hi)
-			return false;
-		*result = s;
-	}
-	else
-	{
-		if ((int64_t) v < lo || (int64_t) v > hi)
-			return false;
-		*result = (int64_t) v;
-	}
+	errno = 0;
+	v = strtoi64(num, &end, 10);
+	if (errno != 0 || *end != '\0' || v < lo || v > hi)
+		return false;
+	*result = v;
 	return true;
 }
 
@@ -649,11 +105,12 @@ num_to_int64(const NumTok *num, int64_t lo, int64_t hi, int64_t *result)
  * "1e-400" and 1000000000000000.0000001 exact.  Returns NULL or a reason.
  */
 static const char *
-check_amount(const NumTok *num)
+check_amount(const char *num)
 {
 	const char *range = "amount must be a number > 0 and <= 1e15, or null";
-	const unsigned char *p = num->start;
-	const unsigned char *end = num->start + num->len;
+	size_t		len = strlen(num);
+	const unsigned char *p = (const unsigned char *) num;
+	const unsigned char *end = p + len;
 	long		nint = 0;		/* digits before the decimal point */
 	long		nfrac = 0;		/* digits after it */
 	bool		in_frac = false;
@@ -665,9 +122,9 @@ check_amount(const NumTok *num)
 	long		weight;			/* decimal weight of the first nonzero digit */
 	long		expo = 0;
 
-	if (num->len > 63)
+	if (len > 63)
 		return "amount has more than 63 characters";
-	if (num->neg)
+	if (*num == '-')
 		return range;
 	for (; p < end && *p != 'e' && *p != 'E'; p++)
 	{
@@ -814,444 +271,461 @@ check_rfc3339(const char *s, size_t n)
 	return NULL;
 }
 
-/* ---------- top-level object ---------- */
-
-/* Index of a known key, or -1. */
-static int
-find_key(const KeyName *keys, int nkeys, const StrOut *ks)
-{
-	int			i;
-
-	if (ks->len >= KEYBUF_LEN)
-		return -1;
-	for (i = 0; i < nkeys; i++)
-		if (keys[i].len == ks->len && memcmp(keys[i].name, ks->buf, ks->len) == 0)
-			return i;
-	return -1;
-}
-
-/*
- * Decode the next code point of an already validated string at *pp,
- * advancing it; -1 at the closing quote.
- */
-static long
-next_cp(const unsigned char **pp)
-{
-	const unsigned char *p = *pp;
-	long		cp;
-
-	if (*p == '"')
-		return -1;
-	if (*p == '\\')
-	{
-		switch (p[1])
-		{
-			case 'b':
-				cp = '\b';
-				break;
-			case 'f':
-				cp = '\f';
-				break;
-			case 'n':
-				cp = '\n';
-				break;
-			case 'r':
-				cp = '\r';
-				break;
-			case 't':
-				cp = '\t';
-				break;
-			case 'u':
-				cp = hex4(p + 2);
-				if (cp >= 0xD800 && cp <= 0xDBFF)
-				{
-					cp = 0x10000 + ((cp - 0xD800) << 10) + (hex4(p + 8) - 0xDC00);
-					*pp = p + 12;
-					return cp;
-				}
-				*pp = p + 6;
-				return cp;
-			default:
-				cp = p[1];
-				break;
-		}
-		*pp = p + 2;
-		return cp;
-	}
-	if (*p < 0x80)
-	{
-		*pp = p + 1;
-		return *p;
-	}
-	/* raw UTF-8 (already validated) */
-	if (*p < 0xE0)
-	{
-		*pp = p + 2;
-		return ((long) (p[0] & 0x1F) << 6) | (p[1] & 0x3F);
-	}
-	if (*p < 0xF0)
-	{
-		*pp = p + 3;
-		return ((long) (p[0] & 0x0F) << 12) | ((p[1] & 0x3F) << 6) | (p[2] & 0x3F);
-	}
-	*pp = p + 4;
-	return ((long) (p[0] & 0x07) << 18) | ((long) (p[1] & 0x3F) << 12) |
-		((p[2] & 0x3F) << 6) | (p[3] & 0x3F);
-}
-
-/* Do two validated strings (offsets of their opening quotes) decode equal? */
-static bool
-same_string(const unsigned char *base, size_t a, size_t b)
-{
-	const unsigned char *pa = base + a + 1;
-	const unsigned char *pb = base + b + 1;
-
-	for (;;)
-	{
-		long		ca = next_cp(&pa);
-		long		cb = next_cp(&pb);
-
-		if (ca != cb)
-			return false;
-		if (ca < 0)
-			return true;
-	}
-}
-
-/*
- * Note an unknown key; false (with a field error) if it repeats an earlier
- * one or there are too many.
- */
+/* Copy up to 24 bytes of a key into dst as printable ASCII, for a reason. */
 static void
-note_unknown_key(Parser *ps, KeySet *ks, const StrOut *key, size_t off)
+safe_snippet(char *dst, size_t dstlen, const char *src)
 {
-	int			i;
+	size_t		len = strlen(src);
+	size_t		o = 0;
 
-	for (i = 0; i < ks->nseen; i++)
+	for (size_t i = 0; i < len && i < 24 && o + 1 < dstlen; i++)
 	{
-		if (ks->seen[i].hash == key->hash && ks->seen[i].len == key->len &&
-			same_string(ps->base, ks->seen[i].off, off))
-		{
-			char		snip[32];
-			char		msg[64];
+		unsigned char c = (unsigned char) src[i];
 
-			safe_snippet(snip, sizeof(snip), key->buf, key->cap, key->len);
-			snprintf(msg, sizeof(msg), "duplicate key \"%s\"", snip);
-			field_error(ps, msg);
-			return;
-		}
+		dst[o++] = (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') ? (char) c : '?';
 	}
-	if (ks->nseen >= OF_MSG_MAX_UNKNOWN_KEYS)
+	if (len > 24 && o + 4 <= dstlen)
 	{
-		field_error(ps, "too many fields (more than 128 unknown keys)");
+		memcpy(dst + o, "...", 3);
+		o += 3;
+	}
+	dst[o] = '\0';
+}
+
+/* Code points of a UTF-8 string (the lexer's output is valid UTF-8). */
+static size_t
+utf8_chars(const char *s)
+{
+	size_t		n = 0;
+
+	for (; *s; s++)
+		if (((unsigned char) *s & 0xC0) != 0x80)
+			n++;
+	return n;
+}
+
+static void
+symbol_value(DecodeState *st, const char *tok, JsonTokenType type)
+{
+	size_t		len;
+
+	if (type == JSON_TOKEN_NULL)
+		return;
+	if (type != JSON_TOKEN_STRING)
+	{
+		field_error(st, "symbol must be a string or null");
 		return;
 	}
-	ks->seen[ks->nseen].hash = key->hash;
-	ks->seen[ks->nseen].len = key->len;
-	ks->seen[ks->nseen].off = off;
-	ks->nseen++;
+	len = strlen(tok);
+	if (len == 0 || len >= sizeof(st->out->symbol) || utf8_chars(tok) > OF_SYMBOL_MAX_CHARS)
+	{
+		field_error(st, "symbol must be 1-12 characters");
+		return;
+	}
+	memcpy(st->out->symbol, tok, len + 1);
+	st->out->has_symbol = true;
 }
 
-typedef enum
+static void
+created_at_value(DecodeState *st, const char *tok, JsonTokenType type)
 {
-	MSG_ORDER,
-	MSG_USER_EVENT
-} MsgKind;
-
-/* Per-message state the field handlers fill. */
-typedef struct
-{
-	MsgKind		kind;
-	OfOrderMsg *order;
-	OfUserEventMsg *event;
-	unsigned	seen_mask;		/* known keys present */
-} MsgState;
-
-/* Handle the value of a known order key. */
-static bool
-order_field(Parser *ps, MsgState *ms, int key)
-{
-	OfOrderMsg *o = ms->order;
-	StrOut		so;
-	ValueKind	k;
-	NumTok		num;
-	char		tsbuf[40];
-	int64_t		v;
+	size_t		len;
 	const char *why;
 
-	memset(&so, 0, sizeof(so));
-	if (key == K_SYMBOL)
+	if (type == JSON_TOKEN_NULL)
+		return;
+	if (type != JSON_TOKEN_STRING)
 	{
-		so.buf = o->symbol;
-		so.cap = sizeof(o->symbol) - 1;
+		field_error(st, "created_at must be an RFC 3339 timestamp string or null");
+		return;
 	}
-	else if (key == K_CREATED_AT)
+	len = strlen(tok);
+	why = len >= sizeof(st->out->created_at) ? check_rfc3339("", 0) : check_rfc3339(tok, len);
+	if (why != NULL)
 	{
-		so.buf = tsbuf;
-		so.cap = sizeof(tsbuf) - 1;
+		field_error(st, why);
+		return;
 	}
-	if (!parse_value(ps, 2, &so, &k, &num))
-		return false;
+	memcpy(st->out->created_at, tok, len + 1);
+	st->out->has_created_at = true;
+}
 
-	switch (key)
+/*
+ * Apply the rules of a known field to its value: tok is the de-escaped
+ * string or the number text for scalars, NULL for an object or array.
+ */
+static void
+field_value(DecodeState *st, int field, const char *tok, JsonTokenType type)
+{
+	OfOrderMsg *o = st->out;
+	bool		isnum = type == JSON_TOKEN_NUMBER;
+	int64		v;
+	const char *why;
+
+	if (type == JSON_TOKEN_NULL && field != F_ORDER_ID)
+		return;
+	switch (field)
 	{
-		case K_ORDER_ID:
-			if (k != V_NUMBER || !num_to_int64(&num, 1, INT64_MAX, &v))
-				field_error(ps, "order_id must be an integer between 1 and 9223372036854775807");
+		case F_ORDER_ID:
+			if (!isnum || !num_to_int64(tok, 1, PG_INT64_MAX, &v))
+				field_error(st, "order_id must be an integer between 1 and 9223372036854775807");
 			else
 				o->order_id = v;
 			break;
-		case K_UID:
-			if (k == V_NULL)
-				break;
-			if (k != V_NUMBER || !num.is_int)
-				field_error(ps, "uid must be an integer or null");
-			else if (!num_to_int64(&num, INT64_MIN, INT64_MAX, &v))
-				field_error(ps, "uid is out of range for a 64-bit integer");
+		case F_UID:
+			if (!isnum || !is_integer(tok))
+				field_error(st, "uid must be an integer or null");
+			else if (!num_to_int64(tok, PG_INT64_MIN, PG_INT64_MAX, &v))
+				field_error(st, "uid is out of range for a 64-bit integer");
 			else
 			{
 				o->has_uid = true;
 				o->uid = v;
 			}
 			break;
-		case K_SYMBOL:
-			if (k == V_NULL)
-				break;
-			if (k != V_STRING)
-				field_error(ps, "symbol must be a string or null");
-			else if (so.has_nul)
-				field_error(ps, "symbol must not contain \\u0000");
-			else if (so.nchars < 1 || so.nchars > OF_SYMBOL_MAX_CHARS)
-				field_error(ps, "symbol must be 1-12 characters");
-			else
-				o->has_symbol = true;
+		case F_SYMBOL:
+			symbol_value(st, tok, type);
 			break;
-		case K_QUANTITY:
-			if (k == V_NULL)
-				break;
-			if (k != V_NUMBER || !num_to_int64(&num, 1, INT32_MAX, &v))
-				field_error(ps, "quantity must be an integer >= 1 and <= 2147483647, or null");
+		case F_QUANTITY:
+			if (!isnum || !num_to_int64(tok, 1, PG_INT32_MAX, &v))
+				field_error(st, "quantity must be an integer >= 1 and <= 2147483647, or null");
 			else
 			{
 				o->has_quantity = true;
-				o->quantity = (int32_t) v;
+				o->quantity = (int32) v;
 			}
 			break;
-		case K_AMOUNT:
-			if (k == V_NULL)
-				break;
-			if (k != V_NUMBER)
-				field_error(ps, "amount must be a number > 0 and <= 1e15, or null");
-			else if ((why = check_amount(&num)) != NULL)
-				field_error(ps, why);
+		case F_AMOUNT:
+			if (!isnum)
+				field_error(st, "amount must be a number > 0 and <= 1e15, or null");
+			else if ((why = check_amount(tok)) != NULL)
+				field_error(st, why);
 			else
 			{
-				memcpy(o->amount, num.start, num.len);
-				o->amount[num.len] = '\0';
+				strlcpy(o->amount, tok, sizeof(o->amount));
 				o->has_amount = true;
 			}
 			break;
-		case K_CREATED_AT:
-			if (k == V_NULL)
-				break;
-			if (k != V_STRING)
-				field_error(ps, "created_at must be an RFC 3339 timestamp string or null");
-			else if (so.len > so.cap || so.has_nul)
-				field_error(ps, check_rfc3339("", 0));
-			else if ((why = check_rfc3339(tsbuf, so.len)) != NULL)
-				field_error(ps, why);
-			else
-			{
-				memcpy(o->created_at, tsbuf, so.len + 1);
-				o->has_created_at = true;
-			}
+		case F_CREATED_AT:
+			created_at_value(st, tok, type);
 			break;
 	}
-	return true;
-}
-
-/* Handle the value of a known user-event key. */
-static bool
-event_field(Parser *ps, MsgState *ms, int key)
-{
-	StrOut		so;
-	ValueKind	k;
-	NumTok		num;
-	char		tbuf[4];
-
-	memset(&so, 0, sizeof(so));
-	so.buf = tbuf;
-	so.cap = sizeof(tbuf) - 1;
-	if (!parse_value(ps, 2, &so, &k, &num))
-		return false;
-
-	switch (key)
-	{
-		case K_TYPE:
-			if (k != V_STRING)
-				field_error(ps, "type must be a string: \"C\", \"R\", \"U\" or \"D\"");
-			else if (so.len != 1 ||
-					 (tbuf[0] != 'C' && tbuf[0] != 'R' && tbuf[0] != 'U' && tbuf[0] != 'D'))
-				field_error(ps, "type must be one of \"C\", \"R\", \"U\", \"D\" (upper case)");
-			else
-				ms->event->type = tbuf[0];
-			break;
-		case K_CONDITION:
-			if (k != V_OBJECT)
-				field_error(ps, "condition must be an object");
-			break;
-		case K_NEW_VAL:
-			if (k != V_OBJECT)
-				field_error(ps, "new_val must be an object");
-			break;
-	}
-	return true;
 }
 
 /*
- * Parse the whole body as one top-level object.  Returns false on a syntax
- * error; field errors are left in ps.
+ * A top-level key: the known field it names, or F_NONE for an unknown one,
+ * which is kept (up to a limit) for the duplicate check.  Takes fname.
  */
-static bool
-parse_message(Parser *ps, MsgState *ms)
+static int
+top_level_key(DecodeState *st, char *fname)
 {
-	const KeyName *keys = ms->kind == MSG_ORDER ? order_keys : event_keys;
-	int			nkeys = ms->kind == MSG_ORDER ? 6 : 3;
-	KeySet		unknown;
-	char		keybuf[KEYBUF_LEN];
-	StrOut		ks;
+	char		snip[32];
+	char		msg[64];
 
-	unknown.nseen = 0;
-	memset(&ks, 0, sizeof(ks));
-	ks.buf = keybuf;
-	ks.cap = sizeof(keybuf) - 1;
-	ks.want_hash = true;
-
-	skip_ws(ps);
-	if (ps->p >= ps->end)
-		return syntax_error(ps, ps->p, "empty body");
-	if (*ps->p != '{')
+	for (int i = 0; i < F_NFIELDS; i++)
 	{
-		ValueKind	k;
-		NumTok		num;
-		StrOut		scratch;
-
-		/* still a syntax check first, so garbage is reported as such */
-		memset(&scratch, 0, sizeof(scratch));
-		if (!parse_value(ps, 1, &scratch, &k, &num))
-			return false;
-		skip_ws(ps);
-		if (ps->p != ps->end)
-			return syntax_error(ps, ps->p, "trailing data after the JSON value");
-		field_error(ps, k == V_ARRAY ? "message must be a JSON object, not an array" :
-					"message must be a JSON object");
-		return true;
-	}
-	ps->p++;
-	skip_ws(ps);
-	if (ps->p < ps->end && *ps->p == '}')
-		ps->p++;
-	else
-	{
-		for (;;)
+		if (strcmp(fname, field_names[i]) != 0)
+			continue;
+		pfree(fname);
+		if (st->seen_mask & (1u << i))
 		{
-			size_t		keyoff;
-			int			key;
-
-			if (ps->p >= ps->end)
-				return syntax_error(ps, ps->p, "unexpected end of input");
-			if (*ps->p != '"')
-				return syntax_error(ps, ps->p, "expected a string key");
-			keyoff = (size_t) (ps->p - ps->base);
-			if (!parse_string(ps, &ks))
-				return false;
-			skip_ws(ps);
-			if (ps->p >= ps->end || *ps->p != ':')
-				return syntax_error(ps, ps->p, "expected ':'");
-			ps->p++;
-			skip_ws(ps);
-
-			key = find_key(keys, nkeys, &ks);
-			if (key >= 0)
-			{
-				if (ms->seen_mask & (1u << key))
-				{
-					char		msg[64];
-
-					snprintf(msg, sizeof(msg), "duplicate key \"%s\"", keys[key].name);
-					field_error(ps, msg);
-				}
-				ms->seen_mask |= 1u << key;
-				if (!(ms->kind == MSG_ORDER ? order_field(ps, ms, key) :
-					  event_field(ps, ms, key)))
-					return false;
-			}
-			else
-			{
-				ValueKind	k;
-				NumTok		num;
-				StrOut		scratch;
-
-				note_unknown_key(ps, &unknown, &ks, keyoff);
-				memset(&scratch, 0, sizeof(scratch));
-				if (!parse_value(ps, 2, &scratch, &k, &num))
-					return false;
-			}
-
-			skip_ws(ps);
-			if (ps->p >= ps->end)
-				return syntax_error(ps, ps->p, "unexpected end of input");
-			if (*ps->p == ',')
-			{
-				ps->p++;
-				skip_ws(ps);
-				continue;
-			}
-			if (*ps->p == '}')
-			{
-				ps->p++;
-				break;
-			}
-			return syntax_error(ps, ps->p, "expected ',' or '}'");
+			snprintf(msg, sizeof(msg), "duplicate key \"%s\"", field_names[i]);
+			field_error(st, msg);
+		}
+		st->seen_mask |= 1u << i;
+		return i;
+	}
+	for (int i = 0; i < st->nunknown; i++)
+	{
+		if (strcmp(fname, st->unknown[i]) == 0)
+		{
+			safe_snippet(snip, sizeof(snip), fname);
+			snprintf(msg, sizeof(msg), "duplicate key \"%s\"", snip);
+			field_error(st, msg);
+			pfree(fname);
+			return F_NONE;
 		}
 	}
-	skip_ws(ps);
-	if (ps->p != ps->end)
-		return syntax_error(ps, ps->p, "trailing data after the JSON value");
-	return true;
+	if (st->nunknown >= OF_MSG_MAX_UNKNOWN_KEYS)
+	{
+		field_error(st, "too many fields (more than 128 unknown keys)");
+		pfree(fname);
+		return F_NONE;
+	}
+	st->unknown[st->nunknown++] = fname;
+	return F_NONE;
+}
+
+/* ---------- JsonSemAction callbacks ---------- */
+
+/*
+ * A container starts: at depth 0 it is the message itself, at depth 1 the
+ * value of a top-level field.
+ */
+static void
+container_start(DecodeState *st, JsonTokenType type)
+{
+	if (st->depth == 0)
+	{
+		st->started = true;
+		if (type == JSON_TOKEN_ARRAY_START)
+			field_error(st, "message must be a JSON object, not an array");
+	}
+	else if (st->depth == 1 && st->field != F_NONE)
+	{
+		field_value(st, st->field, NULL, type);
+		st->field = F_NONE;
+	}
+	st->depth++;
 }
 
 static void
-parser_init(Parser *ps, const char *buf, size_t len)
+on_object_start(void *state)
 {
-	ps->base = (const unsigned char *) buf;
-	ps->p = ps->base;
-	ps->end = ps->base + len;
-	ps->syn_err = NULL;
-	ps->syn_off = 0;
-	ps->field_err = false;
-	ps->ferr[0] = '\0';
-	ps->saw_nul = false;
+	container_start(state, JSON_TOKEN_OBJECT_START);
 }
 
-/* Turn the parser's outcome into the reason text; false if there is one. */
-static bool
-report(Parser *ps, char *err, size_t errlen)
+static void
+on_array_start(void *state)
 {
-	if (ps->syn_err != NULL)
+	container_start(state, JSON_TOKEN_ARRAY_START);
+}
+
+static void
+on_container_end(void *state)
+{
+	((DecodeState *) state)->depth--;
+}
+
+/* fname is ours to keep or free (PostgreSQL 15 passes ownership). */
+static void
+on_field_start(void *state, char *fname, bool isnull)
+{
+	DecodeState *st = state;
+
+	if (st->depth == 1)
+		st->field = top_level_key(st, fname);
+	else
+		pfree(fname);
+}
+
+static void
+on_scalar(void *state, char *token, JsonTokenType type)
+{
+	DecodeState *st = state;
+
+	if (st->depth == 0)
 	{
-		if (err != NULL && errlen > 0)
+		st->started = true;
+		field_error(st, "message must be a JSON object");
+	}
+	else if (st->depth == 1 && st->field != F_NONE)
+	{
+		field_value(st, st->field, token, type);
+		st->field = F_NONE;
+	}
+	pfree(token);
+}
+
+/* ---------- what PostgreSQL 15's parser leaves to the caller ---------- */
+
+/*
+ * Offset of the first byte that is not valid UTF-8, or -1.  NUL bytes are
+ * skipped (pg_encoding_verifymbstr() stops at them): they are valid UTF-8,
+ * and the JSON parser refuses them with a better reason.
+ */
+static int
+invalid_utf8_at(const char *buf, int len)
+{
+	int			off = 0;
+
+	while (off < len)
+	{
+		off += pg_encoding_verifymbstr(PG_UTF8, buf + off, len - off);
+		if (off < len && buf[off] != '\0')
+			return off;
+		off++;
+	}
+	return -1;
+}
+
+/*
+ * Offset of the first '{' or '[' nested deeper than OF_MSG_MAX_DEPTH, or
+ * -1.  Up to the first syntax error this reads strings the way the lexer
+ * does, and the parser stops there, so its recursion stays within the limit.
+ */
+static int
+too_deep_at(const char *buf, int len)
+{
+	int			depth = 0;
+	bool		in_string = false;
+
+	for (int i = 0; i < len; i++)
+	{
+		char		c = buf[i];
+
+		if (in_string)
 		{
-			if (strcmp(ps->syn_err, "invalid UTF-8") == 0)
-				snprintf(err, errlen, "invalid UTF-8 at byte %zu", ps->syn_off);
-			else
-				snprintf(err, errlen, "invalid JSON at byte %zu: %s", ps->syn_off, ps->syn_err);
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_string = false;
 		}
+		else if (c == '"')
+			in_string = true;
+		else if (c == '{' || c == '[')
+		{
+			if (++depth > OF_MSG_MAX_DEPTH)
+				return i;
+		}
+		else if (c == '}' || c == ']')
+			depth--;
+	}
+	return -1;
+}
+
+/* Our own short texts: json_errdetail() is backend-only and quotes the input. */
+static const char *const json_error_texts[] = {
+	[JSON_ESCAPING_INVALID] = "invalid escape in string",
+	[JSON_ESCAPING_REQUIRED] = "control character in string",
+	[JSON_EXPECTED_ARRAY_FIRST] = "expected a value or ']'",
+	[JSON_EXPECTED_ARRAY_NEXT] = "expected ',' or ']'",
+	[JSON_EXPECTED_COLON] = "expected ':'",
+	[JSON_EXPECTED_END] = "trailing data after the JSON value",
+	[JSON_EXPECTED_JSON] = "expected a value",
+	[JSON_EXPECTED_MORE] = "unexpected end of input",
+	[JSON_EXPECTED_OBJECT_FIRST] = "expected a string key or '}'",
+	[JSON_EXPECTED_OBJECT_NEXT] = "expected ',' or '}'",
+	[JSON_EXPECTED_STRING] = "expected a string key",
+	[JSON_INVALID_TOKEN] = "invalid token",
+	[JSON_UNICODE_CODE_POINT_ZERO] = "\\u0000 is not allowed",
+	[JSON_UNICODE_ESCAPE_FORMAT] = "invalid \\u escape",
+	[JSON_UNICODE_HIGH_ESCAPE] = "\\u escape not representable",
+	[JSON_UNICODE_HIGH_SURROGATE] = "lone surrogate in \\u escape",
+	[JSON_UNICODE_LOW_SURROGATE] = "lone surrogate in \\u escape",
+};
+
+static const char *
+json_error_text(JsonParseErrorType error, const char *at)
+{
+	if (error == JSON_INVALID_TOKEN && at != NULL)
+	{
+		/* a string token is only invalid when the input ends inside it */
+		if (*at == '"')
+			return "unterminated string";
+		if (*at == '-' || (*at >= '0' && *at <= '9'))
+			return "invalid number";
+	}
+	if ((int) error < 0 || error >= lengthof(json_error_texts) || json_error_texts[error] == NULL)
+		return "invalid JSON";
+	return json_error_texts[error];
+}
+
+/*
+ * Where the error is: the start of the offending token (a string's opening
+ * quote for errors inside it), the control character itself, or the end of
+ * the input.
+ */
+static int
+json_error_offset(JsonLexContext *lex, JsonParseErrorType error)
+{
+	if (error == JSON_ESCAPING_REQUIRED || lex->token_start == NULL)
+		return (int) (lex->token_terminator - lex->input);
+	return (int) (lex->token_start - lex->input);
+}
+
+/* ---------- entry point ---------- */
+
+static void set_err(char *err, size_t errlen, const char *fmt,...) pg_attribute_printf(3, 4);
+
+static void
+set_err(char *err, size_t errlen, const char *fmt,...)
+{
+	va_list		ap;
+
+	if (err == NULL || errlen == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+/*
+ * Parse the first "len" bytes of buf through the callbacks; on a syntax
+ * error false, with where and what.
+ */
+static bool
+parse_json(const char *buf, int len, DecodeState *st, int *off, const char **what)
+{
+	JsonSemAction sem;
+	JsonLexContext *lex;
+	JsonParseErrorType rc;
+
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = st;
+	sem.object_start = on_object_start;
+	sem.object_end = on_container_end;
+	sem.array_start = on_array_start;
+	sem.array_end = on_container_end;
+	sem.object_field_start = on_field_start;
+	sem.scalar = on_scalar;
+
+	/* need_escapes: de-escaped names and values; also refuses \u0000 and lone surrogates */
+	lex = makeJsonLexContextCstringLen(unconstify(char *, buf), len, PG_UTF8, true);
+	rc = pg_parse_json(lex, &sem);
+	if (rc != JSON_SUCCESS)
+	{
+		*off = json_error_offset(lex, rc);
+		*what = (rc == JSON_EXPECTED_MORE && !st->started) ? "empty body" :
+			json_error_text(rc, lex->token_start);
+	}
+	pfree(lex->strval->data);
+	pfree(lex->strval);
+	pfree(lex);
+	return rc == JSON_SUCCESS;
+}
+
+/* Check and parse the whole body; false with the reason in err. */
+static bool
+decode(const char *buf, int len, DecodeState *st, char *err, size_t errlen)
+{
+	int			bad = invalid_utf8_at(buf, len);
+	int			deep = too_deep_at(buf, len);
+	int			off;
+	const char *what;
+
+	if (bad >= 0)
+	{
+		set_err(err, errlen, "invalid UTF-8 at byte %d", bad);
 		return false;
 	}
-	if (ps->field_err)
+
+	/*
+	 * Only the part before a too-deep container is parsed: an error there
+	 * comes first, otherwise that part ends early, at the container.
+	 */
+	if (!parse_json(buf, deep >= 0 ? deep : len, st, &off, &what) &&
+		(deep < 0 || off < deep))
 	{
-		set_err(err, errlen, ps->ferr);
+		set_err(err, errlen, "invalid JSON at byte %d: %s", off, what);
+		return false;
+	}
+	if (deep >= 0)
+	{
+		set_err(err, errlen, "invalid JSON at byte %d: nesting deeper than %d",
+				deep, OF_MSG_MAX_DEPTH);
+		return false;
+	}
+	if (!st->field_err)
+	{
+		if (!(st->seen_mask & (1u << F_ORDER_ID)))
+			field_error(st, "missing order_id");
+		else if (!st->out->has_quantity && !st->out->has_amount)
+			field_error(st, "quantity or amount must be given (both are missing or null)");
+	}
+	if (st->field_err)
+	{
+		set_err(err, errlen, "%s", st->ferr);
 		return false;
 	}
 	return true;
@@ -1260,63 +734,24 @@ report(Parser *ps, char *err, size_t errlen)
 bool
 of_parse_order(const char *buf, size_t len, OfOrderMsg *out, char *err, size_t errlen)
 {
-	Parser		ps;
-	MsgState	ms;
+	DecodeState st;
+	bool		ok;
 
 	memset(out, 0, sizeof(*out));
-	if (err != NULL && errlen > 0)
-		err[0] = '\0';
+	set_err(err, errlen, "%s", "");
+	if (len > (size_t) (INT_MAX / 2))
+	{
+		/* jsonapi counts bytes in an int; broker frames are far smaller */
+		set_err(err, errlen, "message is larger than 1 GB");
+		return false;
+	}
 	if (buf == NULL)
-	{
-		/* NULL + 0 is undefined behaviour in C */
 		buf = "";
-		len = 0;
-	}
-	parser_init(&ps, buf, len);
-	memset(&ms, 0, sizeof(ms));
-	ms.kind = MSG_ORDER;
-	ms.order = out;
-
-	if (parse_message(&ps, &ms) && !ps.field_err)
-	{
-		if (!(ms.seen_mask & (1u << K_ORDER_ID)))
-			field_error(&ps, "missing order_id");
-		else if (!out->has_quantity && !out->has_amount)
-			field_error(&ps, "quantity or amount must be given (both are missing or null)");
-	}
-	return report(&ps, err, errlen);
-}
-
-bool
-of_parse_user_event(const char *buf, size_t len, OfUserEventMsg *out, char *err, size_t errlen)
-{
-	Parser		ps;
-	MsgState	ms;
-
-	memset(out, 0, sizeof(*out));
-	if (err != NULL && errlen > 0)
-		err[0] = '\0';
-	if (buf == NULL)
-	{
-		/* NULL + 0 is undefined behaviour in C */
-		buf = "";
-		len = 0;
-	}
-	parser_init(&ps, buf, len);
-	memset(&ms, 0, sizeof(ms));
-	ms.kind = MSG_USER_EVENT;
-	ms.event = out;
-
-	if (parse_message(&ps, &ms) && !ps.field_err)
-	{
-		if (ps.saw_nul)
-			field_error(&ps, "\\u0000 is not allowed in a user event (jsonb cannot hold it)");
-		else if (!(ms.seen_mask & (1u << K_TYPE)))
-			field_error(&ps, "missing type");
-		else if (out->type != 'C' && !(ms.seen_mask & (1u << K_CONDITION)))
-			field_error(&ps, "a user event of type R, U or D needs a condition object");
-		else if (out->type == 'U' && !(ms.seen_mask & (1u << K_NEW_VAL)))
-			field_error(&ps, "a user event of type U needs a new_val object");
-	}
-	return report(&ps, err, errlen);
+	memset(&st, 0, sizeof(st));
+	st.out = out;
+	st.field = F_NONE;
+	ok = decode(buf, (int) len, &st, err, errlen);
+	for (int i = 0; i < st.nunknown; i++)
+		pfree(st.unknown[i]);
+	return ok;
 }

@@ -144,6 +144,10 @@ my @invalid = (
 	[ 'R', '{"type": "R", "condition": 5}', qr/must be a JSON object/, 'condition not an object' ],
 	[ 'D', '{"type": "C", "name": "Mal", "lname": "M", "credit_limit": 1}', qr/does not match/,
 		'routing key user.D carrying a C event' ],
+	[ 'D', '{"type": "R", "condition": {"uid": 1}}', qr/routing key user\.D does not match/, 'key contradicts the type' ],
+	# text would stop at a NUL, and the jsonb cast checks no UTF-8: both refused first
+	[ 'C', qq({"type": "C", "name": "\xff", "lname": "E", "credit_limit": 1}), qr/invalid byte sequence for encoding "UTF8"/, 'invalid UTF-8' ],
+	[ 'R', qq({"type": "R"}\0 and then anything), qr/invalid byte sequence for encoding "UTF8"/, 'NUL byte' ],
 );
 for my $inv (@invalid)
 {
@@ -168,6 +172,19 @@ is(sq('SELECT count(*) FROM ordflow.users'), '2', 'invalid events created or del
 is(sq(q{SELECT to_regclass('ordflow.users') IS NOT NULL}), 't', 'users table still there');
 is(sq("SELECT credit_limit || '/' || credit_balance FROM ordflow.users WHERE uid = $ann"), '200/150',
 	'invalid events changed nothing');
+
+# The same JSON as user_event(): validated once, in SQL (1.0 refused these
+# two from the broker only).
+for my $body ('{"type": "R"}', qq({"type": "r", "condition": {"uid": $ann}}))
+{
+	($m) = event_with_reply('R', $body);
+	$j = decode_reply($m);
+	ok($j && !defined $j->{error}, "$body: applied from the broker");
+	(my $reply = $m ? $m->{body} : 'null') =~ s/'/''/g;
+	(my $sql = $body) =~ s/'/''/g;
+	is(sq("SELECT '$reply'::jsonb = ordflow.user_event('$sql')"), 't',
+		"$body: the reply is what user_event() returns");
+}
 
 # An invalid event without reply_to: a dead letter, no reply anywhere.
 my $silent = '{"type": "U", "condition": {"nope": 1}, "new_val": {"name": "Z"}}';
