@@ -54,6 +54,16 @@ static const char *insert_orders_sql =
 static const Oid insert_orders_types[3] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID};
 static SPIPlanPtr insert_plan = NULL;
 
+/*
+ * Taken first in every batch transaction.  stop() locks the same row FOR
+ * UPDATE, so it waits for a batch in flight to commit, and a batch that
+ * starts while stop() runs waits for it and then sees running = false:
+ * once stop() returns, no generated order commits until the next start().
+ */
+static const char *lock_state_sql =
+"SELECT running FROM ordflow.generator_state FOR SHARE";
+static SPIPlanPtr lock_state_plan = NULL;
+
 /* Users to pick from, refreshed every second. */
 static int64 *user_ids = NULL;
 static int	n_user_ids = 0;
@@ -162,24 +172,44 @@ throttled(OfWorkerSlot *slot)
 	return true;
 }
 
-/* One transaction making n orders; false if it failed (already logged). */
+/* Lock the generator_state row; true if it says running. */
 static bool
-generate(OfWorkerSlot *slot, MemoryContext cxt, int n, bool *missing)
+lock_running(void)
+{
+	bool		isnull;
+	Datum		running;
+
+	of_run_plan(&lock_state_plan, lock_state_sql, 0, NULL, NULL, NULL,
+				SPI_OK_SELECT);
+	if (SPI_processed != 1)
+		return false;
+	running = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return !isnull && DatumGetBool(running);
+}
+
+/*
+ * One transaction making n orders; false if it failed (already logged) or
+ * made none because stop() committed meanwhile (*stopped).
+ */
+static bool
+generate(OfWorkerSlot *slot, MemoryContext cxt, int n, bool *missing, bool *stopped)
 {
 	volatile bool ok = true;
 
 	PG_TRY();
 	{
 		of_begin_tx("ordflow generator: making orders");
-		if (of_extension_exists())
+		if (!of_extension_exists())
+			*missing = true;
+		else if (!lock_running())
+			*stopped = true;
+		else
 		{
 			MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
 
 			make_orders(n);
 			MemoryContextSwitchTo(oldcxt);
 		}
-		else
-			*missing = true;
 		of_commit_tx();
 	}
 	PG_CATCH();
@@ -190,7 +220,7 @@ generate(OfWorkerSlot *slot, MemoryContext cxt, int n, bool *missing)
 	PG_END_TRY();
 	if (!ok)
 		of_worker_wait(1000);
-	return ok && !*missing;
+	return ok && !*missing && !*stopped;
 }
 
 void
@@ -262,12 +292,19 @@ ordflow_generator_main(Datum main_arg)
 		if (n >= 1)
 		{
 			bool		missing = false;
+			bool		stopped = false;
 			bool		ok;
 
 			of_slot_set_state(slot, "generating");
-			ok = generate(slot, loop_cxt, n, &missing);
+			ok = generate(slot, loop_cxt, n, &missing, &stopped);
 			if (!ok)
 				tokens = 0.0;
+			/* stop() committed (shared memory follows at its commit) */
+			if (stopped)
+			{
+				tokens = 0.0;
+				last_refill = 0;
+			}
 			/* Extension dropped: leave quietly; the supervisor decides. */
 			if (missing)
 				proc_exit(0);
