@@ -117,6 +117,10 @@ AS 'MODULE_PATHNAME', 'ordflow_status';
 -- ordflow.max_message_size keeps only its first 64 kB) or that has no
 -- routing key cannot be republished as received: naming one in ids is an
 -- error; with ids NULL they are skipped (a NOTICE counts them) and stay.
+-- With ids NULL, the outbox rows the relay refused (origin 'relay': rows
+-- ordflow did not write, e.g. by a role that kept a 1.0 grant on the
+-- outbox) are skipped too, so "retry everything" never publishes them;
+-- naming one in ids is the operator's explicit choice.
 CREATE FUNCTION ordflow.retry_dead_letters(ids bigint[] DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
@@ -147,7 +151,7 @@ BEGIN
 
 	WITH d AS (
 		DELETE FROM ordflow.dead_letters_raw AS d
-		 WHERE (ids IS NULL OR d.id = ANY (ids))
+		 WHERE (CASE WHEN ids IS NULL THEN d.origin <> 'relay' ELSE d.id = ANY (ids) END)
 		   AND d.body_size <= length(d.body)
 		   AND d.routing_key IS NOT NULL
 		RETURNING d.id, d.routing_key, d.body, d.message_id, d.correlation_id, d.reply_to)
@@ -161,10 +165,12 @@ BEGIN
 	IF ids IS NULL THEN
 		SELECT count(*) INTO skipped
 		  FROM ordflow.dead_letters_raw AS d
-		 WHERE d.body_size > length(d.body) OR d.routing_key IS NULL;
+		 WHERE d.body_size > length(d.body) OR d.routing_key IS NULL
+			OR d.origin = 'relay';
 		IF skipped > 0 THEN
 			RAISE NOTICE '% dead letters were not republished', skipped
-				USING DETAIL = 'Their body was truncated or they have no routing key.';
+				USING DETAIL = 'Their body was truncated, they have no routing key, or the relay refused them.',
+					  HINT = 'Name a message the relay refused in ids to republish it anyway.';
 		END IF;
 	END IF;
 

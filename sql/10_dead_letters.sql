@@ -80,7 +80,10 @@ VALUES
 	 '\x00ff'::bytea, 2, 'rejected', false, NULL, NULL, NULL, 'broker'),
 	(now() - interval '10 days', 'ordflow.orders', 'order.created.3',
 	 convert_to('{"order_id": 900002, "amount": 1}', 'UTF8'),
-	 33, 'user NULL', false, 'msg-old', NULL, NULL, 'consumer');
+	 33, 'user NULL', false, 'msg-old', NULL, NULL, 'consumer'),
+	(now() - interval '5 hours', NULL, 'user.D',
+	 convert_to('{"type": "D", "condition": {"lname": "x"}}', 'UTF8'),
+	 42, 'outbox row of unknown kind', NULL, NULL, NULL, NULL, 'relay');
 -- (body sizes must match what was stored unless truncated)
 SELECT id - min(id) OVER () AS n, routing_key, body_size, length(body) AS stored,
        body_text IS NOT NULL AS has_text, origin
@@ -114,9 +117,10 @@ SELECT count(*) AS dead_letters, (SELECT count(*) FROM ordflow.outbox) AS outbox
 SELECT ordflow.retry_dead_letters('{}') AS empty_list,
        ordflow.retry_dead_letters(ARRAY[NULL, -1]::bigint[]) AS unknown_ids;
 
--- All (ids NULL): the truncated one and the one without routing key are
--- skipped with a NOTICE and stay; the others go in the order received.  An
--- operator role with EXECUTE needs no privilege on the tables.
+-- All (ids NULL): the truncated one, the one without routing key and the
+-- one the relay refused are skipped with a NOTICE and stay; the others go
+-- in the order received.  An operator role with EXECUTE needs no privilege
+-- on the tables.
 SET ROLE ordflow_regress_dl_operator;
 SELECT ordflow.retry_dead_letters() AS retried_all;
 RESET ROLE;
@@ -132,6 +136,10 @@ SELECT id - :first_id AS n, routing_key, error FROM ordflow.dead_letters ORDER B
 SELECT ordflow.retry_dead_letters() AS retried_again;
 
 SELECT ordflow.retry_dead_letters(ARRAY[:first_id]) AS already_retried;
+-- what the relay refused goes out only when named
+SELECT ordflow.retry_dead_letters(ARRAY[:first_id + 5]) AS relay_refused_named;
+SELECT kind, routing_key, convert_from(raw_body, 'UTF8') AS body
+  FROM ordflow.outbox ORDER BY id DESC LIMIT 1;
 
 -- purge: NULL and negative intervals are refused; by age; '0' deletes all.
 -- (every age stays below ordflow.dead_letter_retention, 30 days, so the
