@@ -35,12 +35,23 @@
 #define GEN_USERS_REFRESH_MS 1000
 #define GEN_USERS_SAMPLE	100000
 
+/*
+ * The orders are made only if generator_state still says running, read
+ * FOR SHARE: stop() locks that row FOR UPDATE, so it waits for a batch in
+ * flight to commit, and a batch that reaches the row while stop() is
+ * uncommitted waits and then (READ COMMITTED rechecks the newest version)
+ * makes nothing.  Once stop() returns, no generated order commits until
+ * the next start().  In the same statement as the inserts, so the batch
+ * takes the row lock only after its table locks: a transaction that runs
+ * truncate() and then stop() cannot deadlock with it.
+ */
 static const char *insert_orders_sql =
 "WITH o AS ("
 "  INSERT INTO ordflow.orders (uid, symbol, quantity, status, source)"
 "  SELECT v.uid, v.symbol, v.quantity, 'initialised', 'generator'"
 "    FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[], $3::pg_catalog.int4[])"
 "         AS v(uid, symbol, quantity)"
+"   WHERE (SELECT g.running FROM ordflow.generator_state AS g FOR SHARE)"
 "  ON CONFLICT (order_id) DO NOTHING"	/* an id an outside producer took */
 "  RETURNING order_id, uid, symbol, quantity, amount, created_at),"
 " e AS ("
@@ -53,16 +64,6 @@ static const char *insert_orders_sql =
 
 static const Oid insert_orders_types[3] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID};
 static SPIPlanPtr insert_plan = NULL;
-
-/*
- * Taken first in every batch transaction.  stop() locks the same row FOR
- * UPDATE, so it waits for a batch in flight to commit, and a batch that
- * starts while stop() runs waits for it and then sees running = false:
- * once stop() returns, no generated order commits until the next start().
- */
-static const char *lock_state_sql =
-"SELECT running FROM ordflow.generator_state FOR SHARE";
-static SPIPlanPtr lock_state_plan = NULL;
 
 /* Users to pick from, refreshed every second. */
 static int64 *user_ids = NULL;
@@ -95,8 +96,11 @@ refresh_users(void)
 	users_loaded_at = GetCurrentTimestamp();
 }
 
-/* Make n orders in the current transaction. */
-static void
+/*
+ * Make n orders in the current transaction; returns how many were inserted
+ * (an id an outside producer took is skipped, not counted).
+ */
+static uint64
 make_orders(int n)
 {
 	static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
@@ -147,6 +151,7 @@ make_orders(int n)
 
 	of_run_plan(&insert_plan, insert_orders_sql, 3, insert_orders_types, args, NULL,
 				SPI_OK_INSERT);
+	return SPI_processed;
 }
 
 /*
@@ -172,44 +177,27 @@ throttled(OfWorkerSlot *slot)
 	return true;
 }
 
-/* Lock the generator_state row; true if it says running. */
-static bool
-lock_running(void)
-{
-	bool		isnull;
-	Datum		running;
-
-	of_run_plan(&lock_state_plan, lock_state_sql, 0, NULL, NULL, NULL,
-				SPI_OK_SELECT);
-	if (SPI_processed != 1)
-		return false;
-	running = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return !isnull && DatumGetBool(running);
-}
-
 /*
- * One transaction making n orders; false if it failed (already logged) or
- * made none because stop() committed meanwhile (*stopped).
+ * One transaction making n orders; false if it failed (already logged).
+ * *inserted: how many exist now (none when stop() came first).
  */
 static bool
-generate(OfWorkerSlot *slot, MemoryContext cxt, int n, bool *missing, bool *stopped)
+generate(OfWorkerSlot *slot, MemoryContext cxt, int n, bool *missing, uint64 *inserted)
 {
 	volatile bool ok = true;
 
 	PG_TRY();
 	{
 		of_begin_tx("ordflow generator: making orders");
-		if (!of_extension_exists())
-			*missing = true;
-		else if (!lock_running())
-			*stopped = true;
-		else
+		if (of_extension_exists())
 		{
 			MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
 
-			make_orders(n);
+			*inserted = make_orders(n);
 			MemoryContextSwitchTo(oldcxt);
 		}
+		else
+			*missing = true;
 		of_commit_tx();
 	}
 	PG_CATCH();
@@ -220,7 +208,7 @@ generate(OfWorkerSlot *slot, MemoryContext cxt, int n, bool *missing, bool *stop
 	PG_END_TRY();
 	if (!ok)
 		of_worker_wait(1000);
-	return ok && !*missing && !*stopped;
+	return ok && !*missing;
 }
 
 void
@@ -292,28 +280,23 @@ ordflow_generator_main(Datum main_arg)
 		if (n >= 1)
 		{
 			bool		missing = false;
-			bool		stopped = false;
+			uint64		inserted = 0;
 			bool		ok;
 
 			of_slot_set_state(slot, "generating");
-			ok = generate(slot, loop_cxt, n, &missing, &stopped);
+			ok = generate(slot, loop_cxt, n, &missing, &inserted);
 			if (!ok)
 				tokens = 0.0;
-			/* stop() committed (shared memory follows at its commit) */
-			if (stopped)
-			{
-				tokens = 0.0;
-				last_refill = 0;
-			}
 			/* Extension dropped: leave quietly; the supervisor decides. */
 			if (missing)
 				proc_exit(0);
 			if (ok)
 			{
 				tokens -= n;
-				of_slot_add_processed(slot, n);
+				/* back-pressure counts only the orders that exist */
+				of_slot_add_processed(slot, inserted);
 				SpinLockAcquire(&OfState->mutex);
-				OfState->orders_generated += n;
+				OfState->orders_generated += inserted;
 				SpinLockRelease(&OfState->mutex);
 				of_wake_slot(OF_SLOT_RELAY);
 			}
