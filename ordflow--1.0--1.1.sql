@@ -301,3 +301,113 @@ ALTER TABLE ordflow.users ALTER COLUMN uid
 -- A restored database must not hand out uids again.
 SELECT pg_catalog.pg_extension_config_dump('ordflow.users_uid_seq', '');
 -- [nodes] end
+
+-- ===========================================================================
+-- Dead-letter re-drive and purge (issue 10, item 2; branch "upgrade")
+-- ===========================================================================
+
+-- Republishes stored dead letters (all of them, or those whose id is in
+-- ids) through the outbox, as 'retry' rows the relay publishes with their
+-- routing key and properties, and deletes them from the dead letters, all
+-- in the caller's transaction: a rollback keeps them where they were.
+-- Deleting first (DELETE ... RETURNING) claims each row, so two concurrent
+-- calls never republish one message twice.
+--
+-- A dead letter whose body was truncated (a message larger than
+-- ordflow.max_message_size keeps only its first 64 kB) or that has no
+-- routing key cannot be republished as received: naming one in ids is an
+-- error; with ids NULL they are skipped (a NOTICE counts them) and stay.
+-- With ids NULL, the outbox rows the relay refused (origin 'relay': rows
+-- ordflow did not write, e.g. by a role that kept a 1.0 grant on the
+-- outbox) are skipped too, so "retry everything" never publishes them;
+-- naming one in ids is the operator's explicit choice.
+CREATE FUNCTION ordflow.retry_dead_letters(ids bigint[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	bad     ordflow.dead_letters_raw;
+	n       bigint;
+	skipped bigint;
+BEGIN
+	IF ids IS NOT NULL THEN
+		SELECT d.* INTO bad
+		  FROM ordflow.dead_letters_raw AS d
+		 WHERE d.id = ANY (ids)
+		   AND (d.body_size > length(d.body) OR d.routing_key IS NULL)
+		 ORDER BY d.id
+		 LIMIT 1;
+		IF FOUND THEN
+			RAISE EXCEPTION 'dead letter % cannot be republished', bad.id
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  DETAIL = CASE WHEN bad.routing_key IS NULL
+								THEN 'It has no routing key.'
+								ELSE format('Only the first %s of its %s bytes were stored.',
+											length(bad.body), bad.body_size) END,
+					  HINT = 'Leave it out of ids, or delete it with purge_dead_letters() or DELETE.';
+		END IF;
+	END IF;
+
+	WITH d AS (
+		DELETE FROM ordflow.dead_letters_raw AS d
+		 WHERE (CASE WHEN ids IS NULL THEN d.origin <> 'relay' ELSE d.id = ANY (ids) END)
+		   AND d.body_size <= length(d.body)
+		   AND d.routing_key IS NOT NULL
+		RETURNING d.id, d.routing_key, d.body, d.message_id, d.correlation_id, d.reply_to)
+	INSERT INTO ordflow.outbox (kind, routing_key, raw_body, message_id,
+								correlation_id, reply_to)
+	SELECT 'retry', d.routing_key, d.body, d.message_id, d.correlation_id, d.reply_to
+	  FROM d
+	 ORDER BY d.id;		-- republished in the order they were received
+	GET DIAGNOSTICS n = ROW_COUNT;
+
+	IF ids IS NULL THEN
+		SELECT count(*) INTO skipped
+		  FROM ordflow.dead_letters_raw AS d
+		 WHERE d.body_size > length(d.body) OR d.routing_key IS NULL
+			OR d.origin = 'relay';
+		IF skipped > 0 THEN
+			RAISE NOTICE '% dead letters were not republished', skipped
+				USING DETAIL = 'Their body was truncated, they have no routing key, or the relay refused them.',
+					  HINT = 'Name a message the relay refused in ids to republish it anyway.';
+		END IF;
+	END IF;
+
+	IF n > 0 THEN
+		PERFORM ordflow._wake_relay_at_commit();
+	END IF;
+	RETURN n;
+END
+$$;
+
+-- Deletes the dead letters received more than older_than ago (all of them
+-- with the default '0'); returns how many.
+CREATE FUNCTION ordflow.purge_dead_letters(older_than interval DEFAULT '0')
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	IF older_than IS NULL THEN
+		RAISE EXCEPTION 'older_than must not be NULL'
+			USING ERRCODE = 'null_value_not_allowed',
+				  HINT = 'Use ''0'' to delete every dead letter.';
+	END IF;
+	IF older_than < interval '0' THEN
+		RAISE EXCEPTION 'older_than must not be negative, got %', older_than
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+
+	DELETE FROM ordflow.dead_letters_raw AS d
+	 WHERE d.received_at < now() - older_than
+		OR older_than = interval '0';
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+
+REVOKE ALL ON FUNCTION ordflow.retry_dead_letters(bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ordflow.purge_dead_letters(interval) FROM PUBLIC;

@@ -5,7 +5,8 @@
 # runs as the unprivileged `postgres` user (initdb refuses root) in a private
 # copy of the tree under /var/tmp:
 #   1. C unit tests of the order-message decoder (make -C test)
-#   2. pg_regress (sql/*.sql vs expected/*.out) on a temporary instance
+#   2. pg_regress (sql/*.sql vs expected/*.out) on a temporary instance,
+#      then the isolation tests (specs/*.spec) on another one
 #   3. TAP tests (t/*.pl) with real PostgreSQL nodes and a private RabbitMQ
 #   4. static validation of docker/compose.yml
 # Exits non-zero if anything fails, printing regression.diffs and the TAP
@@ -84,10 +85,42 @@ run_step()
 # shellcheck disable=SC2317  # called through run_step
 tap_run()
 {
-	as_pg make -C "$SRC" installcheck REGRESS= PG_CONFIG="$PG_CONFIG" \
+	as_pg env ${ORDFLOW_V10_INSTALL:+ORDFLOW_V10_INSTALL="$ORDFLOW_V10_INSTALL"} \
+		make -C "$SRC" installcheck REGRESS= ISOLATION= PG_CONFIG="$PG_CONFIG" \
 		PROVE_FLAGS="--timer" ${TAP_SELECTION:+PROVE_TESTS="$TAP_SELECTION"} 2>&1 |
 		tee "$1"
 	return "${PIPESTATUS[0]}"
+}
+
+# --- the released 1.0, for t/060_upgrade.pl (issue 10) ----------------------
+# A relocated copy of this server (bin, lib, share and headers under $V10,
+# in the same relative layout, so its pg_config reports paths inside it)
+# with ordflow 1.0 built from the release commit and installed into it;
+# exports ORDFLOW_V10_INSTALL (its .../lib/postgresql/15).
+V10_COMMIT=31a68f8
+# shellcheck disable=SC2317  # called through run_step
+build_v10()
+{
+	local v10=$WORK/v10 share inc
+	share=$("$PG_CONFIG" --sharedir) && inc=$("$PG_CONFIG" --pkgincludedir) || return 1
+	mkdir -p "$v10/usr/lib/postgresql" "$v10/usr/share/postgresql" \
+		"$v10/usr/include" "$WORK/v10src" || return 1
+	cp -a "$PG_BINDIR/.." "$v10/usr/lib/postgresql/$PG_MAJOR" &&
+		cp -a "$share" "$v10/usr/share/postgresql/$PG_MAJOR" &&
+		cp -a "$inc" "$v10/usr/include/postgresql" || return 1
+	# only 1.0 there: not the files this run just installed
+	rm -f "$v10/usr/share/postgresql/$PG_MAJOR"/extension/ordflow[.-]* \
+		"$v10/usr/lib/postgresql/$PG_MAJOR"/lib/ordflow.so
+	rm -rf "$v10/usr/lib/postgresql/$PG_MAJOR"/lib/bitcode/ordflow*
+	git -C "$ROOT" archive "$V10_COMMIT" | tar -x -C "$WORK/v10src" || return 1
+	chown -R postgres: "$v10" "$WORK/v10src"
+	as_pg make -C "$WORK/v10src" -j2 \
+		PG_CONFIG="$v10/usr/lib/postgresql/$PG_MAJOR/bin/pg_config" >/dev/null &&
+		as_pg make -C "$WORK/v10src" install \
+			PG_CONFIG="$v10/usr/lib/postgresql/$PG_MAJOR/bin/pg_config" >/dev/null &&
+		grep -q "default_version = '1.0'" \
+			"$v10/usr/share/postgresql/$PG_MAJOR/extension/ordflow.control" || return 1
+	export ORDFLOW_V10_INSTALL=$v10/usr/lib/postgresql/$PG_MAJOR
 }
 
 show_file()
@@ -123,7 +156,7 @@ else
 	# 2. pg_regress
 	if compgen -G "$SRC/sql/*.sql" >/dev/null; then
 		if ! run_step "pg_regress (make installcheck, temp instance)" \
-			as_pg make -C "$SRC" installcheck TAP_TESTS= PG_CONFIG="$PG_CONFIG"; then
+			as_pg make -C "$SRC" installcheck TAP_TESTS= ISOLATION= PG_CONFIG="$PG_CONFIG"; then
 			show_file "$SRC/regression.diffs"
 			for f in "$SRC"/log/postmaster.log "$SRC"/tmp_check/log/postmaster.log; do
 				[ -f "$f" ] && { printf '\n----- tail of %s -----\n' "${f#"$SRC"/}"; tail -n 40 "$f"; }
@@ -132,9 +165,26 @@ else
 	else
 		say "(no pg_regress tests yet: sql/*.sql is empty)"
 	fi
+
+	# 2b. isolation tests (specs/*.spec vs expected/*.out), own temp instance
+	if compgen -G "$SRC/specs/*.spec" >/dev/null; then
+		if ! run_step "isolation tests (make installcheck, temp instance)" \
+			as_pg make -C "$SRC" installcheck REGRESS= TAP_TESTS= PG_CONFIG="$PG_CONFIG"; then
+			show_file "$SRC/output_iso/regression.diffs"
+			for f in "$SRC"/output_iso/log/postmaster.log "$SRC"/tmp_check_iso/log/postmaster.log; do
+				[ -f "$f" ] && { printf '\n----- tail of %s -----\n' "${f#"$SRC"/}"; tail -n 40 "$f"; }
+			done
+		fi
+	fi
 fi
 
-# 3. TAP tests
+# 3. TAP tests (060_upgrade.pl needs the released 1.0 built first)
+case " ${TAP_SELECTION:-all} " in
+*" all "* | *060_upgrade*)
+	run_step "ordflow $V10_COMMIT (1.0) in a relocated server copy, for the upgrade test" \
+		build_v10 || say "t/060_upgrade.pl will be skipped: building 1.0 failed"
+	;;
+esac
 if compgen -G "$SRC/t/*.pl" >/dev/null; then
 	TAP_OUT=$WORK/tap.out
 	if ! run_step "TAP tests (make installcheck, prove ${TAP_SELECTION:-t/*.pl})" \

@@ -35,12 +35,23 @@
 #define GEN_USERS_REFRESH_MS 1000
 #define GEN_USERS_SAMPLE	100000
 
+/*
+ * The orders are made only if generator_state still says running, read
+ * FOR SHARE: stop() locks that row FOR UPDATE, so it waits for a batch in
+ * flight to commit, and a batch that reaches the row while stop() is
+ * uncommitted waits and then (READ COMMITTED rechecks the newest version)
+ * makes nothing.  Once stop() returns, no generated order commits until
+ * the next start().  In the same statement as the inserts, so the batch
+ * takes the row lock only after its table locks: a transaction that runs
+ * truncate() and then stop() cannot deadlock with it.
+ */
 static const char *insert_orders_sql =
 "WITH o AS ("
 "  INSERT INTO ordflow.orders (uid, symbol, quantity, status, source)"
 "  SELECT v.uid, v.symbol, v.quantity, 'initialised', 'generator'"
 "    FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[], $3::pg_catalog.int4[])"
 "         AS v(uid, symbol, quantity)"
+"   WHERE (SELECT g.running FROM ordflow.generator_state AS g FOR SHARE)"
 "  ON CONFLICT (order_id) DO NOTHING"	/* an id an outside producer took */
 "  RETURNING order_id, uid, symbol, quantity, amount, created_at),"
 " e AS ("
