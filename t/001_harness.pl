@@ -55,7 +55,7 @@ is($node->safe_psql('postgres', q{SELECT setting FROM pg_settings WHERE name = '
 $node->safe_psql('postgres', 'CREATE EXTENSION ordflow');
 is($node->safe_psql('postgres',
 		q{SELECT extversion FROM pg_extension WHERE extname = 'ordflow'}),
-	'1.0', 'CREATE EXTENSION ordflow succeeds');
+	'1.1', 'CREATE EXTENSION ordflow succeeds');
 
 # The supervisor worker appears once the extension exists.
 ok( OrdflowTest::wait_for($node,
