@@ -77,7 +77,8 @@ my $read_all = '{"type":"R","condition":{}}';
 # --- 1. user_events_role empty (the default): everything refused ----------
 {
 	my $label = 'role empty';
-	my $dl0 = $dl->('true');
+	my $disabled = q{error LIKE '%user events over the broker are disabled%'};
+	my $dl0 = $dl->($disabled);
 	send_event('U', $zero_all);
 	send_event('D', $delete_1);
 	my $corr = send_event('R', $read_all, reply => 1);
@@ -89,7 +90,7 @@ my $read_all = '{"type":"R","condition":{}}';
 	is($j && $j->{sqlstate}, '42501', "$label: sqlstate 42501");
 	ok(!($j && $j->{users}), "$label: no users were read");
 	ok( OrdflowTest::wait_for($node,
-			"SELECT count(*) - $dl0 FROM ordflow.dead_letters WHERE error LIKE '%user events over the broker are disabled%'",
+			"SELECT count(*) - $dl0 FROM ordflow.dead_letters WHERE $disabled",
 			'3', 60),
 		"$label: U, D and R are three dead letters saying so");
 	is(sq($users_sql), $snapshot, "$label: no balance changed, nobody deleted");
@@ -108,8 +109,9 @@ ok(OrdflowHostile::restart_consumers($node), 'consumers restarted with user_even
 	is($m && $m->{correlation_id}, $corr, "$label: R reply has the correlation_id");
 	is(scalar @{ ($j && $j->{users}) || [] }, $nusers, "$label: R reads every user");
 
-	my $dl0 = $dl->('true');
-	send_event('U', $zero_all, reply => 1);
+	my $denied = q{error ILIKE '%permission denied%'};
+	my $dl0 = $dl->($denied);
+	send_event('U', '{"type":"U","condition":{"uid":2},"new_val":{"credit_balance":0}}', reply => 1);
 	($j) = reply_json("$label U");
 	ok($j && defined $j->{error}, "$label: U gets an error reply") or diag explain $j;
 	is($j && $j->{sqlstate}, '42501', "$label: U refused with 42501");
@@ -118,7 +120,7 @@ ok(OrdflowHostile::restart_consumers($node), 'consumers restarted with user_even
 	ok($j && defined $j->{error}, "$label: D gets an error reply") or diag explain $j;
 	is($j && $j->{sqlstate}, '42501', "$label: D refused with 42501");
 	ok( OrdflowTest::wait_for($node,
-			"SELECT count(*) - $dl0 FROM ordflow.dead_letters WHERE error ILIKE '%permission denied%'",
+			"SELECT count(*) - $dl0 FROM ordflow.dead_letters WHERE $denied",
 			'2', 60),
 		"$label: U and D are dead letters (permission denied)");
 	is(sq($users_sql), $snapshot, "$label: nothing changed");
@@ -134,7 +136,8 @@ for my $role (qw(ue_super ue_member))
 	my $logpos = -s $node->logfile;
 	OrdflowHostile::set_conf($node, 'ordflow.user_events_role' => $role);
 	ok(OrdflowHostile::restart_consumers($node), "consumers restarted with user_events_role = $role");
-	my $dl0 = $dl->('true');
+	my $refused = q{error LIKE '%must not be a superuser%'};
+	my $dl0 = $dl->($refused);
 	send_event('U', $zero_all);
 	send_event('R', $read_all, reply => 1);
 	my ($j) = reply_json($label);
@@ -142,7 +145,7 @@ for my $role (qw(ue_super ue_member))
 	  or diag explain $j;
 	ok(!($j && $j->{users}), "$label: no users were read");
 	ok( OrdflowTest::wait_for($node,
-			"SELECT count(*) - $dl0 FROM ordflow.dead_letters WHERE error LIKE '%must not be a superuser%'",
+			"SELECT count(*) - $dl0 FROM ordflow.dead_letters WHERE $refused",
 			'2', 60),
 		"$label: both events are dead letters saying the role must not be a superuser");
 	ok($node->log_contains(qr/^(?!.*statement: ).*LOG: .*must not be a superuser/m, $logpos),
@@ -170,8 +173,8 @@ ok(OrdflowHostile::restart_consumers($node), 'consumers restarted with user_even
 	is($j && $j->{sqlstate}, '22023', "$label: refused with 22023 like delete_users('{}')");
 	is(sq($users_sql), $snapshot, "$label: no balance changed");
 	my ($ret, $out, $err) = $node->psql('postgres',
-		q{SELECT ordflow.update_users('{}', '{"credit_balance": 0}')});
-	like($err, qr/empty condition|refuses empty/, "$label: update_users('{}') in SQL refused too");
+		qq{\\set VERBOSITY verbose\nSELECT ordflow.update_users('{}', '{"credit_balance": 0}');});
+	like($err, qr/ERROR:  22023:/, "$label: update_users('{}') in SQL refused too (22023)");
 	is(sq($users_sql), $snapshot, "$label: still no balance changed");
 }
 
