@@ -18,7 +18,7 @@
  *
  * publish opts: --exchange E, --routing-key K, --persistent,
  *   --content-type T, --reply-to Q, --correlation-id C, --message-id M,
- *   --header k=v (string value, repeatable), --body B, --body-file F,
+ *   --header k=v (string value, repeatable), --expiration MS, --body B, --body-file F,
  *   --lines (stdin, one message per line), --no-confirm
  * TLS (amqps:// URL): --cacert F, --cert F, --key F, --no-verify
  * Exit codes: 0 ok, 1 usage, 2 broker/connection error, 3 queue empty,
@@ -254,6 +254,13 @@ do_publish(amqp_connection_state_t conn, int argc, char **argv)
 			NEEDV;
 			props._flags |= AMQP_BASIC_MESSAGE_ID_FLAG;
 			props.message_id = amqp_cstring_bytes(v);
+		}
+		else if (!strcmp(a, "--expiration"))
+		{
+			/* per-message TTL in ms, as a string (the broker dead-letters it) */
+			NEEDV;
+			props._flags |= AMQP_BASIC_EXPIRATION_FLAG;
+			props.expiration = amqp_cstring_bytes(v);
 		}
 		else if (!strcmp(a, "--header"))
 		{
