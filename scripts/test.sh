@@ -181,8 +181,13 @@ fi
 # 3. TAP tests (060_upgrade.pl needs the released 1.0 built first)
 case " ${TAP_SELECTION:-all} " in
 *" all "* | *060_upgrade*)
-	run_step "ordflow $V10_COMMIT (1.0) in a relocated server copy, for the upgrade test" \
-		build_v10 || say "t/060_upgrade.pl will be skipped: building 1.0 failed"
+	# a shallow clone has no 1.0 to build: say so loudly, fail nothing
+	if ! git -C "$ROOT" cat-file -e "$V10_COMMIT^{commit}" 2>/dev/null; then
+		say "WARNING: commit $V10_COMMIT (1.0) is not in this clone: t/060_upgrade.pl will be skipped"
+	else
+		run_step "ordflow $V10_COMMIT (1.0) in a relocated server copy, for the upgrade test" \
+			build_v10 || say "t/060_upgrade.pl will be skipped: building 1.0 failed"
+	fi
 	;;
 esac
 if compgen -G "$SRC/t/*.pl" >/dev/null; then
