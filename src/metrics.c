@@ -64,9 +64,14 @@ percentile_of(const int64 *counts, int n, float8 p, float8 *result)
 	if (total <= 0)
 		return false;
 
-	/* ceil(p * total) in integers, so 0.99 * 100 is 99, not 99.00000000000001 */
+	/*
+	 * ceil(p * total) in integers, so 0.99 * 100 is 99, not
+	 * 99.00000000000001.  With p in billionths and total split at 1e9, no
+	 * product exceeds 64 bits.
+	 */
 	pp = (int64) llround(p * 1e9);
-	need = (int64) (((__int128) pp * total + 999999999) / 1000000000);
+	need = pp * (total / 1000000000) +
+		((total % 1000000000) * pp + 999999999) / 1000000000;
 	need = Max(need, 1);
 
 	for (int i = 0; i < n; i++)
