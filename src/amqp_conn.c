@@ -34,6 +34,7 @@
 
 #include "amqp_conn.h"
 #include "ordflow.h"
+#include "worker_common.h"
 
 #define OF_CONNECT_TIMEOUT_MS	5000
 #define OF_RPC_TIMEOUT_MS		10000
@@ -359,7 +360,7 @@ back_off(OfAmqp *a, int n)
 				 errdetail("Retrying with exponential backoff up to %d s; orders wait in the database.",
 						   OF_BACKOFF_MAX_MS / 1000)));
 	a->round_failures = 0;
-	a->backoff_ms = a->backoff_ms == 0 ? OF_BACKOFF_MIN_MS : Min(a->backoff_ms * 2, OF_BACKOFF_MAX_MS);
+	a->backoff_ms = of_backoff_next(a->backoff_ms, OF_BACKOFF_MIN_MS, OF_BACKOFF_MAX_MS);
 	a->next_attempt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), a->backoff_ms);
 	return a->backoff_ms;
 }

@@ -196,8 +196,7 @@ batch_failed(OfAmqp *a, OfWorkerSlot *slot, BatchWork *w, ErrorData *err, RetryS
 	}
 	of_amqp_requeue(a, w->msgs[w->n - 1].delivery_tag);
 	retry->singly = true;
-	retry->backoff_ms = retry->backoff_ms == 0 ? RETRY_MIN_MS :
-		Min(retry->backoff_ms * 2, RETRY_MAX_MS);
+	retry->backoff_ms = of_backoff_next(retry->backoff_ms, RETRY_MIN_MS, RETRY_MAX_MS);
 	of_slot_set_state(slot, "waiting to retry a failed batch");
 	of_worker_wait(retry->backoff_ms);
 }

@@ -104,8 +104,7 @@ launch_child(int slotno)
 		if (TimestampDifferenceExceeds(c->started_at, now, HEALTHY_AFTER_MS))
 			c->backoff_ms = 0;
 		else
-			c->backoff_ms = c->backoff_ms == 0 ? RELAUNCH_MIN_MS :
-				Min(c->backoff_ms * 2, RELAUNCH_MAX_MS);
+			c->backoff_ms = of_backoff_next(c->backoff_ms, RELAUNCH_MIN_MS, RELAUNCH_MAX_MS);
 		c->next_launch = TimestampTzPlusMilliseconds(now, c->backoff_ms);
 		c->started_at = 0;
 	}

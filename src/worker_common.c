@@ -156,6 +156,13 @@ of_message_origin(void)
 	return origin;
 }
 
+/* The next wait of an exponential backoff: min_ms, then doubling to max_ms. */
+int
+of_backoff_next(int ms, int min_ms, int max_ms)
+{
+	return ms <= 0 ? min_ms : Min(ms * 2, max_ms);
+}
+
 /* Sleep on the latch; interrupts are checked by the caller's loop. */
 void
 of_worker_wait(long timeout_ms)

@@ -34,5 +34,6 @@ typedef void (*OfTxFn) (void *arg);
 extern ErrorData *of_run_in_tx(OfWorkerSlot *slot, const char *activity,
 							   OfTxFn fn, void *arg);
 extern const char *of_message_origin(void);
+extern int	of_backoff_next(int ms, int min_ms, int max_ms);
 
 #endif							/* ORDFLOW_WORKER_COMMON_H */
