@@ -474,6 +474,7 @@ handle_common_frame(OfAmqp *a, amqp_frame_t *f)
 
 				of_amqp_fail(a, "broker closed the connection: %d %.*s", m->reply_code,
 							 (int) m->reply_text.len, (char *) m->reply_text.bytes);
+				a->close_code = m->reply_code;
 				of_amqp_watchdog_arm(2000);
 				amqp_send_method(a->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
 				of_amqp_watchdog_disarm();
@@ -486,6 +487,7 @@ handle_common_frame(OfAmqp *a, amqp_frame_t *f)
 
 				of_amqp_fail(a, "broker closed the channel: %d %.*s", m->reply_code,
 							 (int) m->reply_text.len, (char *) m->reply_text.bytes);
+				a->close_code = m->reply_code;
 				of_amqp_watchdog_arm(2000);
 				amqp_send_method(a->conn, f->channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
 				of_amqp_watchdog_disarm();
@@ -567,6 +569,28 @@ of_amqp_publish(OfAmqp *a, const char *exchange, const char *routing_key,
 	if (a->confirms)
 		a->next_tag++;
 	return true;
+}
+
+/*
+ * Does a close with this reply code mean the broker refused what we sent
+ * (access refused, no such exchange, message too large, frame error, ...)?
+ * A shutdown (320 connection-forced), a normal close and the broker's own
+ * internal errors say nothing about the message: those are outages, and
+ * whatever was in flight is sent again after the reconnect.
+ */
+bool
+of_amqp_close_is_refusal(int reply_code)
+{
+	switch (reply_code)
+	{
+		case 0:
+		case AMQP_REPLY_SUCCESS:	/* 200 */
+		case AMQP_CONNECTION_FORCED:	/* 320 */
+		case AMQP_INTERNAL_ERROR:	/* 541 */
+			return false;
+		default:
+			return true;
+	}
 }
 
 bool
