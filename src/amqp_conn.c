@@ -550,6 +550,34 @@ of_amqp_next_frame(OfAmqp *a, amqp_frame_t *frame, long timeout_ms)
 	}
 }
 
+/*
+ * After a failed write: the broker may have closed the channel or the
+ * connection on purpose (a refused publish) just before, and its close may
+ * still wait in the socket.  Read what is there, for at most timeout_ms, so
+ * that close_code tells a refusal from an outage.
+ */
+void
+of_amqp_read_close(OfAmqp *a, long timeout_ms)
+{
+	struct timeval tv;
+	amqp_frame_t frame;
+
+	if (a->conn == NULL)
+		return;
+	tv.tv_sec = timeout_ms / 1000;
+	tv.tv_usec = (timeout_ms % 1000) * 1000;
+	/* bounded: a broker that keeps talking must not keep us here */
+	for (int i = 0; i < 1000 && a->close_code == 0; i++)
+	{
+		if (amqp_simple_wait_frame_noblock(a->conn, &frame, &tv) != AMQP_STATUS_OK)
+			break;
+		if (frame.frame_type == AMQP_FRAME_METHOD &&
+			(frame.payload.method.id == AMQP_CHANNEL_CLOSE_METHOD ||
+			 frame.payload.method.id == AMQP_CONNECTION_CLOSE_METHOD))
+			(void) handle_common_frame(a, &frame);
+	}
+}
+
 bool
 of_amqp_publish(OfAmqp *a, const char *exchange, const char *routing_key,
 				const char *body, size_t len, amqp_basic_properties_t *props)

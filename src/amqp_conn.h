@@ -77,6 +77,7 @@ extern bool of_amqp_publish(OfAmqp *a, const char *exchange, const char *routing
 							const char *body, size_t len,
 							amqp_basic_properties_t *props);
 extern bool of_amqp_close_is_refusal(int reply_code);
+extern void of_amqp_read_close(OfAmqp *a, long timeout_ms);
 extern bool of_amqp_ack(OfAmqp *a, uint64 delivery_tag);
 extern bool of_amqp_requeue(OfAmqp *a, uint64 delivery_tag);
 

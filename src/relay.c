@@ -54,6 +54,8 @@
 #define RELAY_WINDOW				2
 /* Publishes between two looks at the socket (confirms, connection.blocked). */
 #define RELAY_BURST					32
+/* Dead letters of one chunk logged one by one; the rest are counted. */
+#define RELAY_DEAD_LOG				3
 /* AMQP short strings (routing keys, property values) are at most this long. */
 #define AMQP_SHORTSTR_MAX			255
 
@@ -420,9 +422,12 @@ text_or_null(const char *s, char *nulls, int i)
 	return s ? CStringGetTextDatum(s) : (Datum) 0;
 }
 
-/* Move one row to the dead letters (in the caller's transaction). */
+/*
+ * Move one row to the dead letters (in the caller's transaction), and say
+ * so in the log unless quiet.
+ */
 static void
-dead_letter(RelayMsg *m, const char *error)
+dead_letter(RelayMsg *m, const char *error, bool quiet)
 {
 	Datum		v[8];
 	char		nulls[9] = "        ";
@@ -440,7 +445,7 @@ dead_letter(RelayMsg *m, const char *error)
 	v[6] = text_or_null(m->db_correlation_id, nulls, 6);
 	v[7] = text_or_null(m->db_reply_to, nulls, 7);
 	of_run_plan(&dead_plan, dead_sql, 8, dead_types, v, nulls, SPI_OK_INSERT);
-	if (SPI_processed > 0)
+	if (SPI_processed > 0 && !quiet)
 		ereport(LOG,
 				(errmsg("ordflow relay: outbox row " INT64_FORMAT " moved to the dead letters: %s",
 						m->id, error)));
@@ -528,7 +533,12 @@ read_chunk(Relay *r, RelayChunk *c, int limit)
 
 	/* SPI_tuptable is no longer needed: now the dead letters */
 	for (int i = 0; i < ndead; i++)
-		dead_letter(&dead[i], dead[i].error);
+		dead_letter(&dead[i], dead[i].error, i >= RELAY_DEAD_LOG);
+	if (ndead > RELAY_DEAD_LOG)
+		ereport(LOG,
+				(errmsg("ordflow relay: %d more outbox rows moved to the dead letters",
+						ndead - RELAY_DEAD_LOG),
+				 errhint("See ordflow.dead_letters (origin 'relay') for the reasons.")));
 	of_commit_tx();
 	/* a commit leaves TopMemoryContext current */
 	MemoryContextSwitchTo(caller);
@@ -561,8 +571,11 @@ dead_letter_refused(RelayMsg *m, const char *error)
 {
 	MemoryContext caller = CurrentMemoryContext;
 
+	/* keep what a dead letter keeps of a large message, and its size */
+	m->size = m->len;
+	m->len = Min(m->len, OF_DEAD_LETTER_KEEP);
 	of_begin_tx("ordflow relay: moving a refused message to the dead letters");
-	dead_letter(m, error);
+	dead_letter(m, error, false);
 	of_commit_tx();
 	MemoryContextSwitchTo(caller);
 }
@@ -654,7 +667,15 @@ publish_some(Relay *r, RelayChunk *c)
 
 		set_properties(&p, m);
 		if (!of_amqp_publish(&r->a, m->exchange, m->routing_key, m->body, m->len, &p.props))
+		{
+			/*
+			 * It may have gone out in part, and the broker may have closed
+			 * on it: count it as sent, and look for the broker's reason.
+			 */
+			c->published++;
+			of_amqp_read_close(&r->a, 500);
 			break;
+		}
 		c->published++;
 	}
 	of_amqp_watchdog_disarm();

@@ -170,8 +170,9 @@ my $ids = $sql->(q{
 my @ids = split /[,\n]/, $ids;
 is(scalar @ids, 10, 'ten orders placed around the oversized reply, in one transaction');
 dead_letter_for(q{correlation_id = 'big-1'}, 'a reply the broker refuses', qr/406|larger than/);
-is($sql->(q{SELECT body_size FROM ordflow.dead_letters WHERE correlation_id = 'big-1'}),
-	200008, 'the refused reply\'s size');
+is($sql->(q{SELECT body_size || ' ' || octet_length(body) || ' ' || left(body_text, 6)
+			  FROM ordflow.dead_letters WHERE correlation_id = 'big-1'}),
+	'200008 65536 {"r":"', 'the refused reply\'s dead letter keeps its size and first 64 kB');
 outbox_empty('after the refused reply');
 ok( OrdflowTest::wait_for($node, qq{
 		SELECT count(*) = 10 FROM ordflow.orders
