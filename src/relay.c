@@ -590,10 +590,15 @@ typedef struct RelayProps
 
 /*
  * Every message: JSON, persistent, app_id ordflow, and the headers that
- * tell a consumer where it comes from.  x-ordflow-source "outbox" marks our
- * own orders for 1.0 consumers; a re-driven dead letter is marked "retry"
- * instead, because it may be an outside order that has no row here and
- * must not be taken for one of ours that truncate() removed.
+ * tell a consumer where it comes from: x-ordflow-source "outbox" (what 1.0
+ * consumers look for), x-ordflow-node and x-ordflow-origin.
+ *
+ * A re-driven dead letter (kind retry) is the exception: it may be an
+ * outside order that never got a row here, and a consumer takes a message
+ * with our node and origin and no row for our own order that truncate()
+ * removed, and drops it.  So it is marked x-ordflow-source "retry" and
+ * carries no node or origin: it is processed like the outside message it
+ * was (one of our own orders is then recognised by its order_id).
  */
 static void
 set_properties(RelayProps *p, RelayMsg *m)
@@ -631,7 +636,7 @@ set_properties(RelayProps *p, RelayMsg *m)
 	p->headers[2].key = amqp_cstring_bytes("x-ordflow-origin");
 	p->headers[2].value.kind = AMQP_FIELD_KIND_UTF8;
 	p->headers[2].value.value.bytes = amqp_cstring_bytes((char *) of_message_origin());
-	props->headers.num_entries = 3;
+	props->headers.num_entries = m->kind == KIND_RETRY ? 1 : 3;
 	props->headers.entries = p->headers;
 }
 
