@@ -12,7 +12,8 @@
 # * a row the broker refuses (a reply larger than the broker's own
 #   max_message_size, which closes the channel with 406) is dead-lettered
 #   once, the orders around it are published, and the relay does not
-#   reconnect and republish in a loop (1.0 did, for ever);
+#   reconnect and republish in a loop (1.0 did, for ever); so is one the
+#   broker nacks (a full queue with overflow reject-publish);
 # * a LATIN1 database publishes UTF-8: 'CAFÉ' is processed, not dead-lettered.
 
 use strict;
@@ -198,6 +199,22 @@ my $refusals = $broker_log_after - $broker_log_before;
 cmp_ok($refusals, '>=', 1, "the broker refused the reply ($refusals times)");
 cmp_ok($refusals, '<=', 2, 'at most twice: once in its chunk, once alone');
 is($mq->queue_depth('client.replies'), 0, 'the refused reply never reached its queue');
+
+# A nack is a refusal too: a queue that is full with overflow reject-publish
+# nacks what is routed to it.
+$mq->ctl('set_policy', 'full', '^spy\.full$', '{"max-length":0,"overflow":"reject-publish"}',
+	'--apply-to', 'queues');
+$mq->declare_queue('spy.full', bind => [ 'ordflow', 'full.#' ]);
+my $nack_order = $sql->(q{
+	SELECT ordflow.place_order(NULL, 6, 'NACK', NULL);
+	INSERT INTO ordflow.outbox (kind, routing_key, raw_body, message_id)
+	VALUES ('retry', 'full.x', '\x7b7d', 'nack-1');
+	SELECT ordflow.place_order(NULL, 6, 'NACK', NULL)});
+dead_letter_for(q{message_id = 'nack-1'}, 'a message the broker nacks', qr/nack/);
+outbox_empty('after the nack');
+ok( OrdflowTest::wait_for($node,
+		q{SELECT count(*) = 2 FROM ordflow.orders WHERE symbol = 'NACK' AND status = 'completed'}),
+	'the orders around the nacked message are processed');
 
 OrdflowInvariants::check($node, 'after the poison rows', dead_letters => undef);
 $node->stop;
