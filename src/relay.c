@@ -170,7 +170,7 @@ to_utf8(const char *s, size_t len, size_t *outlen)
 	if (GetDatabaseEncoding() == PG_SQL_ASCII)
 	{
 		/* no conversion is defined: publish the bytes only if they are UTF-8 */
-		if (pg_verify_mbstr(PG_UTF8, s, len, true) != len)
+		if (!pg_verify_mbstr(PG_UTF8, s, (int) len, true))
 			return NULL;
 		r = palloc(len + 1);
 		memcpy(r, s, len);

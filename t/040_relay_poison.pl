@@ -14,7 +14,8 @@
 #   once, the orders around it are published, and the relay does not
 #   reconnect and republish in a loop (1.0 did, for ever); so is one the
 #   broker nacks (a full queue with overflow reject-publish);
-# * a LATIN1 database publishes UTF-8: 'CAFÉ' is processed, not dead-lettered.
+# * a LATIN1 database publishes UTF-8: 'CAFÉ' is processed, not dead-lettered;
+#   a SQL_ASCII one publishes UTF-8 bytes as they are and dead-letters others.
 
 use strict;
 use warnings;
@@ -247,5 +248,35 @@ is($latin->safe_psql('latin1db', 'SELECT count(*) FROM ordflow.dead_letters'), 0
 	'LATIN1 database: no dead letter');
 
 $latin->stop;
+
+# ---------------------------------------------------------------------------
+# A SQL_ASCII database has no conversion to UTF-8: valid UTF-8 bytes are
+# published as they are, anything else is a dead letter, not a loop.
+
+my $ascii = OrdflowTest::new_node('ascii', broker => $mq, database => 'asciidb',
+	extra => "ordflow.exchange = 'ascii'\n"
+	  . "ordflow.orders_queue = 'ascii.orders'\n"
+	  . "ordflow.user_events_queue = 'ascii.user_events'");
+$ascii->safe_psql('postgres',
+	q{CREATE DATABASE asciidb ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'});
+$ascii->safe_psql('asciidb', 'CREATE EXTENSION ordflow');
+$ascii->restart;
+ok( OrdflowTest::wait_for($ascii, q{
+		SELECT count(*) FILTER (WHERE connected) = 2 FROM ordflow.status()
+		 WHERE worker = 'relay' OR worker LIKE 'consumer %'}, 't', 90, 'asciidb'),
+	'SQL_ASCII database: relay and consumer connected');
+my ($good, $bad) = split /\n/, $ascii->safe_psql('asciidb', q{
+	SELECT ordflow.place_order(symbol => 'CAF' || convert_from('\xc389', 'SQL_ASCII'), quantity => 1);
+	SELECT ordflow.place_order(symbol => 'CAF' || convert_from('\xff', 'SQL_ASCII'), quantity => 1)});
+ok( OrdflowTest::wait_for($ascii, qq{
+		SELECT status = 'completed' FROM ordflow.orders WHERE order_id = $good}, 't', 60, 'asciidb'),
+	'SQL_ASCII database: an order with a UTF-8 symbol is completed');
+ok( OrdflowTest::wait_for($ascii, q{
+		SELECT count(*) = 1 FROM ordflow.dead_letters
+		 WHERE origin = 'relay' AND error LIKE '%not valid UTF-8%'}, 't', 60, 'asciidb'),
+	'SQL_ASCII database: a payload that is not UTF-8 is dead-lettered by the relay');
+ok(OrdflowTest::wait_for($ascii, 'SELECT count(*) = 0 FROM ordflow.outbox', 't', 60, 'asciidb'),
+	'SQL_ASCII database: the outbox is empty');
+$ascii->stop;
 $mq->stop;
 done_testing();
