@@ -36,7 +36,9 @@
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "storage/ipc.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -235,7 +237,7 @@ reserved_queue(const char *q)
 
 	if (has_prefix(q, "amq.") || has_prefix(q, "ordflow."))
 		return true;
-	for (int i = 0; i < lengthof(own); i++)
+	for (size_t i = 0; i < lengthof(own); i++)
 	{
 		size_t		n = strlen(own[i]);
 
@@ -549,17 +551,18 @@ read_chunk(Relay *r, RelayChunk *c, int limit)
 static void
 delete_chunk(RelayChunk *c)
 {
-	ArrBuild	b;
+	Datum	   *ids;
 	Datum		arg;
 	MemoryContext oldcxt;
 	MemoryContext caller = CurrentMemoryContext;
 
 	of_begin_tx("ordflow relay: deleting published rows");
 	oldcxt = MemoryContextSwitchTo(c->cxt);
-	arr_init(&b, c->n);
+	ids = palloc(sizeof(Datum) * c->n);
 	for (int i = 0; i < c->n; i++)
-		arr_add(&b, Int64GetDatum(c->msgs[i].id), false);
-	arg = arr_make(&b, INT8OID);
+		ids[i] = Int64GetDatum(c->msgs[i].id);
+	arg = PointerGetDatum(construct_array(ids, c->n, INT8OID, sizeof(int64),
+										  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	MemoryContextSwitchTo(oldcxt);
 	of_run_plan(&delete_plan, delete_sql, 1, delete_types, &arg, NULL, SPI_OK_DELETE);
 	of_commit_tx();
@@ -907,6 +910,43 @@ relay_step(Relay *r, MemoryContext loop_cxt)
 	return Min(remaining, RELAY_POLL_MS);
 }
 
+/*
+ * After an ERROR escaped a turn: log it (when it changes, or once a minute
+ * when it repeats), show it in status(), and leave no transaction behind.
+ * Core calls only, so that it means the same whatever worker_common.c's
+ * of_report_error() looks like (its signature changes in 1.1; it can
+ * replace this once both are merged).  Called in a PG_CATCH block.
+ */
+static void
+relay_report_error(Relay *r, MemoryContext cxt)
+{
+	static char last[OF_ERROR_LEN];
+	static TimestampTz last_at = 0;
+	TimestampTz now = GetCurrentTimestamp();
+	ErrorData  *e;
+	char		error_class[32];
+
+	HOLD_INTERRUPTS();
+	MemoryContextSwitchTo(cxt);
+	e = CopyErrorData();
+	if (strcmp(last, e->message) != 0 || TimestampDifferenceExceeds(last_at, now, 60000))
+	{
+		EmitErrorReport();
+		strlcpy(last, e->message, sizeof(last));
+		last_at = now;
+	}
+	else
+		elog(DEBUG1, "ordflow relay: %s", e->message);
+	AbortOutOfAnyTransaction();
+	FlushErrorState();
+	MemoryContextSwitchTo(cxt);
+	RESUME_INTERRUPTS();
+	snprintf(error_class, sizeof(error_class), "database error %s",
+			 unpack_sql_state(e->sqlerrcode));
+	of_slot_set_error(r->slot, e->message, error_class);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
 /* After an ERROR in a turn: forget the window (its rows are sent again). */
 static void
 relay_reset(Relay *r)
@@ -951,7 +991,7 @@ ordflow_relay_main(Datum main_arg)
 		PG_CATCH();
 		{
 			of_amqp_watchdog_disarm();
-			of_report_error(r.slot, "relay");
+			relay_report_error(&r, loop_cxt);
 			relay_reset(&r);
 			wait_ms = -1;
 		}
