@@ -757,6 +757,9 @@ window_failed(Relay *r)
 	else
 		strlcpy(reason, r->a.error, sizeof(reason));
 
+	/* chunks confirmed before the failure are done: neither resent nor suspect */
+	complete_chunks(r);
+
 	if (refused && r->suspect && r->nchunks == 1 &&
 		r->window[0].n == 1 && r->window[0].published == 1)
 	{
