@@ -612,6 +612,7 @@ handle_common_frame(OfAmqp *a, amqp_frame_t *f)
 
 				of_amqp_fail(a, "broker closed the connection: %d %.*s", m->reply_code,
 							 (int) m->reply_text.len, (char *) m->reply_text.bytes);
+				a->close_code = m->reply_code;
 				of_amqp_watchdog_arm(2000);
 				amqp_send_method(a->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
 				of_amqp_watchdog_disarm();
@@ -624,6 +625,7 @@ handle_common_frame(OfAmqp *a, amqp_frame_t *f)
 
 				of_amqp_fail(a, "broker closed the channel: %d %.*s", m->reply_code,
 							 (int) m->reply_text.len, (char *) m->reply_text.bytes);
+				a->close_code = m->reply_code;
 				of_amqp_watchdog_arm(2000);
 				amqp_send_method(a->conn, f->channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
 				of_amqp_watchdog_disarm();
@@ -686,6 +688,34 @@ of_amqp_next_frame(OfAmqp *a, amqp_frame_t *frame, long timeout_ms)
 	}
 }
 
+/*
+ * After a failed write: the broker may have closed the channel or the
+ * connection on purpose (a refused publish) just before, and its close may
+ * still wait in the socket.  Read what is there, for at most timeout_ms, so
+ * that close_code tells a refusal from an outage.
+ */
+void
+of_amqp_read_close(OfAmqp *a, long timeout_ms)
+{
+	struct timeval tv;
+	amqp_frame_t frame;
+
+	if (a->conn == NULL)
+		return;
+	tv.tv_sec = timeout_ms / 1000;
+	tv.tv_usec = (timeout_ms % 1000) * 1000;
+	/* bounded: a broker that keeps talking must not keep us here */
+	for (int i = 0; i < 1000 && a->close_code == 0; i++)
+	{
+		if (amqp_simple_wait_frame_noblock(a->conn, &frame, &tv) != AMQP_STATUS_OK)
+			break;
+		if (frame.frame_type == AMQP_FRAME_METHOD &&
+			(frame.payload.method.id == AMQP_CHANNEL_CLOSE_METHOD ||
+			 frame.payload.method.id == AMQP_CONNECTION_CLOSE_METHOD))
+			(void) handle_common_frame(a, &frame);
+	}
+}
+
 bool
 of_amqp_publish(OfAmqp *a, const char *exchange, const char *routing_key,
 				const char *body, size_t len, amqp_basic_properties_t *props)
@@ -705,6 +735,28 @@ of_amqp_publish(OfAmqp *a, const char *exchange, const char *routing_key,
 	if (a->confirms)
 		a->next_tag++;
 	return true;
+}
+
+/*
+ * Does a close with this reply code mean the broker refused what we sent
+ * (access refused, no such exchange, message too large, frame error, ...)?
+ * A shutdown (320 connection-forced), a normal close and the broker's own
+ * internal errors say nothing about the message: those are outages, and
+ * whatever was in flight is sent again after the reconnect.
+ */
+bool
+of_amqp_close_is_refusal(int reply_code)
+{
+	switch (reply_code)
+	{
+		case 0:
+		case AMQP_REPLY_SUCCESS:	/* 200 */
+		case AMQP_CONNECTION_FORCED:	/* 320 */
+		case AMQP_INTERNAL_ERROR:	/* 541 */
+			return false;
+		default:
+			return true;
+	}
 }
 
 bool

@@ -48,6 +48,13 @@ typedef struct OfAmqp
 	TimestampTz connected_at;	/* when the current connection was made */
 	char		error[OF_AMQP_ERRLEN];
 	char		error_class[64];	/* error without host, port or path */
+	/*
+	 * Reply code of the last channel.close or connection.close the broker
+	 * sent (0: none).  Set by the frame reader, cleared by the publisher
+	 * when it starts on a new connection; tells a refused publish (403, 404,
+	 * 406, ...) from a broker that merely went away.
+	 */
+	int			close_code;
 } OfAmqp;
 
 /* Results of of_amqp_next_frame(). */
@@ -80,6 +87,8 @@ extern OfWait of_amqp_next_frame(OfAmqp *a, amqp_frame_t *frame, long timeout_ms
 extern bool of_amqp_publish(OfAmqp *a, const char *exchange, const char *routing_key,
 							const char *body, size_t len,
 							amqp_basic_properties_t *props);
+extern bool of_amqp_close_is_refusal(int reply_code);
+extern void of_amqp_read_close(OfAmqp *a, long timeout_ms);
 extern bool of_amqp_ack(OfAmqp *a, uint64 delivery_tag);
 extern bool of_amqp_requeue(OfAmqp *a, uint64 delivery_tag);
 

@@ -431,6 +431,20 @@ do_get(amqp_connection_state_t conn, const char *queue, int argc, char **argv)
 								 (int) e->key.len, (char *) e->key.bytes);
 						print_bytes_prop(name, e->value.value.bytes);
 					}
+					else if (e->value.kind == AMQP_FIELD_KIND_I32 ||
+							 e->value.kind == AMQP_FIELD_KIND_I64 ||
+							 e->value.kind == AMQP_FIELD_KIND_I16 ||
+							 e->value.kind == AMQP_FIELD_KIND_I8)
+					{
+						/* integer headers print as header.k=<decimal> */
+						long long	v = e->value.kind == AMQP_FIELD_KIND_I32 ? e->value.value.i32 :
+							e->value.kind == AMQP_FIELD_KIND_I64 ? e->value.value.i64 :
+							e->value.kind == AMQP_FIELD_KIND_I16 ? e->value.value.i16 :
+							e->value.value.i8;
+
+						printf("header.%.*s=%lld\n", (int) e->key.len,
+							   (char *) e->key.bytes, v);
+					}
 				}
 			}
 			printf("body_length=%zu\n", msg.body.len);
