@@ -198,20 +198,13 @@ is( $sql->(q{
 	'4', 'status() lists the workers');
 like($sql->(q{SELECT string_agg(coalesce(node, '-'), ',') FROM ordflow.status()}),
 	qr/^[^,]*(,[^,]*)*$/, 'status() has the node column');
-{
-	local $TODO = 'the broker node is filled in by the "nodes" branch (of_slot_set_node)';
-	like($sql->(q{SELECT node FROM ordflow.status() WHERE worker = 'relay'}),
-		qr/127\.0\.0\.1|localhost/, 'status().node names the broker the relay uses');
-}
+like($sql->(q{SELECT node FROM ordflow.status() WHERE worker = 'relay'}),
+	qr/127\.0\.0\.1|localhost/, 'status().node names the broker the relay uses');
 my ($ret, $out, $err) = $node->psql('postgres',
 	q{SELECT ordflow.update_users('{}', '{"name": "everyone"}')});
-{
-	local $TODO = q{update_users('{}') is refused by the lead's 1.1 SQL (not merged here)};
-	isnt($ret, 0, q{update_users('{}', ...) is refused});
-}
-is($sql->(q{SELECT count(*) FROM ordflow.users WHERE name = 'everyone'}), $ret ? '0' : '10',
-	'update_users: what it reported is what happened');
-$sql->(q{UPDATE ordflow.users SET name = 'user' || uid WHERE name = 'everyone'}) unless $ret;
+isnt($ret, 0, q{update_users('{}', ...) is refused});
+is($sql->(q{SELECT count(*) FROM ordflow.users WHERE name = 'everyone'}), '0',
+	'update_users changed nobody');
 
 # new orders after the upgrade: processed, with ids after the old ones
 my $new_id = $sql->(q{SELECT ordflow.place_order(uid => 2, amount => 3, symbol => 'UPGNEW')});
