@@ -39,11 +39,6 @@ QUICK=
 RUNS=
 PROFILE=
 KEEP=
-usage()
-{
-	sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
-	exit "${1:-0}"
-}
 while [ $# -gt 0 ]; do
 	case $1 in
 		--quick) QUICK=1; shift ;;

@@ -56,11 +56,6 @@ APPEND=1
 KEEP=
 FLAT_KB=4096			# private-memory growth after warm-up still called flat
 
-usage()
-{
-	sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'
-	exit "${1:-0}"
-}
 num()
 {
 	if ! [[ $2 =~ ^[0-9]+(\.[0-9]+)?$ ]] || ! awk -v v="$2" 'BEGIN { exit !(v > 0) }'; then

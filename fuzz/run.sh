@@ -24,13 +24,12 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=../scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 
-usage() { sed -n '2,/^set /{/^set /d;s/^# \{0,1\}//;p}' "$0" >&2; exit 2; }
-
+case ${1:-} in -h|--help) usage 0 ;; esac
 DURATION=${1:-60}
 case "$DURATION" in
-	''|*[!0-9]*) usage ;;
+	''|*[!0-9]*) usage 2 ;;
 esac
-[ $# -le 1 ] || usage
+[ $# -le 1 ] || usage 2
 
 CORPUS=$ROOT/fuzz/corpus
 DICT=$ROOT/fuzz/json.dict
@@ -62,6 +61,7 @@ fi
 CFLAGS=(-g -O1 -std=gnu99 -Wall -Wextra -Wno-unused-parameter -Wno-ignored-attributes -Werror
 	-DFRONTEND -D_GNU_SOURCE -I"$ROOT/src" -I"$("$PG_CONFIG" --includedir-server)")
 LIBS=(-L"$("$PG_CONFIG" --pkglibdir)" -lpgcommon -lpgport -lm)
+# shellcheck disable=SC2054  # one option whose value holds a comma
 SAN=(-fsanitize=address,undefined -fno-sanitize-recover=all)
 SOURCES=("$ROOT/fuzz/fuzz_message.c" "$ROOT/src/order_message.c")
 BIN=$BUILD/fuzz_message

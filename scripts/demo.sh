@@ -27,12 +27,6 @@ STOP=
 DOWN=
 CTL=
 
-usage()
-{
-	sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
-	exit "${1:-0}"
-}
-
 while [ $# -gt 0 ]; do
 	case $1 in
 		--rate) RATE=${2:?--rate needs a value}; shift 2 ;;

@@ -29,6 +29,21 @@ say()  { printf '%s\n' "$*" >&2; }
 step() { printf '\n==> %s\n' "$*" >&2; }
 die()  { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# usage [STATUS]: the running script's header comment (from line 2 to its
+# first non-comment line, without the "# "), then exit STATUS (default 0;
+# any other status prints to stderr, as for a bad option)
+usage()
+{
+	local rc=${1:-0}
+	if [ "$rc" -eq 0 ]; then
+		script_header "$0"
+	else
+		script_header "$0" >&2
+	fi
+	exit "$rc"
+}
+script_header() { awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$1"; }
+
 require_root()
 {
 	[ "$(id -u)" -eq 0 ] || die "run this as root (it installs packages and runs servers as the postgres user)"

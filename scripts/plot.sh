@@ -30,11 +30,6 @@ SINCE='1 hour'
 OUTPUT=ordflow-metrics.png
 SIZE=1000x700
 TITLE=
-usage()
-{
-	sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
-	exit "${1:-0}"
-}
 while [ $# -gt 0 ]; do
 	case $1 in
 		--dsn) DSN=${2:?--dsn needs a value}; shift 2 ;;
