@@ -87,18 +87,8 @@ chmod 755 "$WORK"
 RESULTS=$OUT/results.csv
 RUN_ID=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
-# ---------------------------------------------------------------------------
-# cleanup: stop what we started (by pid file), then remove the work folder
-
-# shellcheck disable=SC2317  # invoked by the EXIT trap
-cleanup()
-{
-	local rc=$?
-	trap - EXIT INT TERM
-	bench_finish "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# on exit: stop what we started (by pid file), then remove the work folder
+bench_traps
 
 # ---------------------------------------------------------------------------
 # build and install

@@ -56,15 +56,7 @@ require_root
 # enter the project folder) a folder under /var/tmp that .run points to
 
 HASH=$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)
-if [ -L "$ROOT/.run" ]; then
-	RUN=$(readlink -f "$ROOT/.run")
-elif [ -d "$ROOT/.run" ]; then
-	RUN=$ROOT/.run
-elif postgres_can_enter "$ROOT"; then
-	RUN=$ROOT/.run
-else
-	RUN=/var/tmp/ordflow-$HASH
-fi
+RUN=$(demo_run_dir "$ROOT")
 PGDATA=$RUN/pgdata
 SOCK=$RUN/sock
 MQDIR=$RUN/rabbitmq
@@ -74,18 +66,14 @@ MQ_NODE=ordflow_demo_$HASH@localhost
 PG_PORT='' MQ_PORT=''
 # shellcheck disable=SC1090
 [ -f "$PORTS" ] && . "$PORTS"
-# mq_env, mqctl, mq_pid, mq_launch: scripts/lib.sh
+# mq_env, mqctl, mq_pid, mq_prepare, mq_launch, mq_down, pg_running,
+# pg_launch, pg_stop: scripts/lib.sh
 [ -n "$MQ_PORT" ] && mq_env
 
 mq_running()
 {
 	[ -n "$MQ_PORT" ] && [ -n "$(mq_pid)" ] || return 1
 	mqctl -q status >/dev/null 2>&1
-}
-
-pg_running()
-{
-	[ -f "$PGDATA/PG_VERSION" ] && as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1
 }
 
 pgsql()
@@ -100,28 +88,14 @@ save_ports()
 
 stop_rabbitmq()
 {
-	if mq_running; then
-		say "stopping RabbitMQ ($MQ_NODE, port $MQ_PORT)"
-		mqctl shutdown >/dev/null 2>&1 || {
-			local pid
-			pid=$(mq_pid)
-			[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null
-			sleep 3
-		}
-	fi
-	[ -n "${MQ_EPMD:-}" ] && epmd -port "$MQ_EPMD" -kill >/dev/null 2>&1
-	return 0
+	mq_running && say "stopping RabbitMQ ($MQ_NODE, port $MQ_PORT)"
+	mq_down
 }
 
 stop_postgres()
 {
-	if pg_running; then
-		say "stopping PostgreSQL (port $PG_PORT)"
-		if ! as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" -m fast -w -t 30 stop >/dev/null; then
-			say "fast shutdown did not finish in 30 s; stopping immediately"
-			as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null
-		fi
-	fi
+	pg_running && say "stopping PostgreSQL (port $PG_PORT)"
+	pg_stop
 }
 
 if [ -n "$CTL" ]; then
@@ -169,8 +143,8 @@ if [ "$RUN" != "$ROOT/.run" ] && [ ! -e "$ROOT/.run" ]; then
 	ln -s "$RUN" "$ROOT/.run"
 	say "the postgres user cannot enter $ROOT, so the servers' data live in $RUN (.run points there)"
 fi
-mkdir -p "$RUN" "$SOCK" "$MQDIR"/{mnesia,log,home}
-chown postgres: "$RUN" "$SOCK" "$MQDIR" "$MQDIR"/{mnesia,log,home}
+mkdir -p "$RUN" "$SOCK"
+chown postgres: "$RUN" "$SOCK"
 chmod 700 "$SOCK"
 
 # ---------------------------------------------------------------------------
@@ -186,11 +160,10 @@ else
 	fi
 	mq_env
 	save_ports
-	mq_write_conf info scripts/demo.sh
+	mq_prepare info scripts/demo.sh || die "cannot prepare $MQDIR"
 	mq_launch || die "RabbitMQ did not start (log: $MQDIR/log/)"
 	say "RabbitMQ $MQ_NODE ready on 127.0.0.1:$MQ_PORT (log: $MQDIR/log/)"
 fi
-AMQP_URL="amqp://guest:guest@127.0.0.1:$MQ_PORT/%2f"
 
 # ---------------------------------------------------------------------------
 # PostgreSQL

@@ -62,15 +62,9 @@ query()
 		"$PSQL" -X -q -A -t -F ',' -v ON_ERROR_STOP=1 -v since="$SINCE" -d "$DSN" -f -
 		return
 	fi
-	# the demo's server, found the way scripts/demo.sh finds it
+	# the demo's server (scripts/lib.sh's demo_run_dir, as scripts/demo.sh)
 	local run pg_port=
-	if [ -L "$ROOT/.run" ]; then
-		run=$(readlink -f "$ROOT/.run")
-	elif [ -d "$ROOT/.run" ]; then
-		run=$ROOT/.run
-	else
-		run=/var/tmp/ordflow-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)
-	fi
+	run=$(demo_run_dir "$ROOT")
 	[ -f "$run/ports.env" ] || die "no demo server found ($run/ports.env is missing): start scripts/demo.sh or pass --dsn"
 	pg_port=$(sed -n 's/^PG_PORT=\([0-9]*\)$/\1/p' "$run/ports.env")
 	[ -n "$pg_port" ] || die "no PG_PORT in $run/ports.env"
