@@ -41,9 +41,9 @@ PROFILE=
 KEEP=
 while [ $# -gt 0 ]; do
 	case $1 in
+		--*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;	# --opt=V as --opt V
 		--quick) QUICK=1; shift ;;
 		--runs) RUNS=${2:?--runs needs a value}; shift 2 ;;
-		--runs=*) RUNS=${1#*=}; shift ;;
 		--profile) PROFILE=1; shift ;;
 		--keep) KEEP=1; shift ;;
 		-h|--help) usage 0 ;;

@@ -29,14 +29,11 @@ CTL=
 
 while [ $# -gt 0 ]; do
 	case $1 in
+		--*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;	# --opt=V as --opt V
 		--rate) RATE=${2:?--rate needs a value}; shift 2 ;;
-		--rate=*) RATE=${1#*=}; shift ;;
 		--duration) DURATION=${2:?--duration needs a value}; shift 2 ;;
-		--duration=*) DURATION=${1#*=}; shift ;;
 		--users) USERS=${2:?--users needs a value}; shift 2 ;;
-		--users=*) USERS=${1#*=}; shift ;;
 		--consumers) CONSUMERS=${2:?--consumers needs a value}; shift 2 ;;
-		--consumers=*) CONSUMERS=${1#*=}; shift ;;
 		--stop) STOP=1; shift ;;
 		--down) DOWN=1; shift ;;
 		--rabbitmqctl) CTL=1; shift; break ;;

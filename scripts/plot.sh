@@ -32,16 +32,12 @@ SIZE=1000x700
 TITLE=
 while [ $# -gt 0 ]; do
 	case $1 in
+		--*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;	# --opt=V as --opt V
 		--dsn) DSN=${2:?--dsn needs a value}; shift 2 ;;
-		--dsn=*) DSN=${1#*=}; shift ;;
 		--since) SINCE=${2:?--since needs a value}; shift 2 ;;
-		--since=*) SINCE=${1#*=}; shift ;;
 		--output|-o) OUTPUT=${2:?--output needs a value}; shift 2 ;;
-		--output=*) OUTPUT=${1#*=}; shift ;;
 		--size) SIZE=${2:?--size needs a value}; shift 2 ;;
-		--size=*) SIZE=${1#*=}; shift ;;
 		--title) TITLE=${2?--title needs a value}; shift 2 ;;
-		--title=*) TITLE=${1#*=}; shift ;;
 		-h|--help) usage 0 ;;
 		*) say "unknown option: $1"; usage 1 ;;
 	esac
