@@ -15,7 +15,8 @@
 #
 # Environment:
 #   ORDFLOW_PG_BINDIR  PostgreSQL's bin folder (see scripts/lib.sh)
-#   FUZZ_BUILD_DIR     build/work folder (default: a fresh temp folder)
+#   FUZZ_BUILD_DIR     build/work folder (default: a fresh temp folder,
+#                      removed after a clean run, kept after a failure)
 #   FUZZ_NO_MERGE=1    leave fuzz/corpus untouched (e.g. in CI)
 #   FUZZ_MAX_LEN       largest input libFuzzer makes (default 1024 bytes)
 set -uo pipefail
@@ -36,6 +37,9 @@ DICT=$ROOT/fuzz/json.dict
 BUILD=${FUZZ_BUILD_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/ordflow-fuzz.XXXXXX")}
 MAX_LEN=${FUZZ_MAX_LEN:-1024}
 mkdir -p "$BUILD" || die "cannot create $BUILD"
+# a folder of our own goes after a clean run, as bench/*.sh's do; after a
+# failure it stays, with the reproducers and logs it printed the paths of
+[ -n "${FUZZ_BUILD_DIR:-}" ] || trap '[ $? -ne 0 ] || rm -rf "$BUILD"' EXIT
 [ -x "$PG_CONFIG" ] || die "no pg_config at $PG_CONFIG (set ORDFLOW_PG_BINDIR)"
 
 # A trivial fuzz target tells whether clang and its fuzzer runtime work.
