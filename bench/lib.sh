@@ -3,8 +3,8 @@
 #
 # Source scripts/lib.sh first: the private servers' set-up shared with
 # scripts/demo.sh is there (mq_env, mq_prepare, mq_launch, mq_stop [term|kill],
-# mq_down, mqctl, mq_pid; pg_launch, pg_stop).  The caller sets WORK (a
-# folder it made with mktemp, mode 755); everything lives under it:
+# mq_down, mqctl, mq_pid; pg_init, pg_conf, pg_launch, pg_stop).  The caller
+# sets WORK (a folder it made with mktemp, mode 755); everything lives under it:
 #   bench_build ROOT             copy ROOT to $WORK/src, build as postgres, install
 #   mq_setup NODE BASE_PORT      RabbitMQ config under $WORK/rabbitmq; sets MQ_PORT, AMQP_URL
 #   mq_start                     start the broker and wait until it runs
@@ -53,23 +53,17 @@ pg_setup()
 	PG_PORT=$(free_port "$1") || die "no free port for PostgreSQL"
 	mkdir -p "$SOCK"
 	chown postgres: "$SOCK"
-	as_pg "$PG_BINDIR/initdb" -D "$PGDATA" -U postgres -E UTF8 --locale=C.UTF-8 -A peer \
-		>/dev/null || die "initdb failed"
-	cat >> "$PGDATA/postgresql.conf" <<-EOF
-		# written by bench/lib.sh
-		listen_addresses = ''
-		port = $PG_PORT
-		unix_socket_directories = '$SOCK'
-		shared_preload_libraries = 'ordflow'
-		ordflow.database = 'postgres'
-		ordflow.amqp_url = '$AMQP_URL'
-		max_worker_processes = 20
-		shared_buffers = 512MB
-		max_wal_size = 4GB
-		# synchronous_commit = on (the default): kept, the guarantees need it
-		log_line_prefix = '%m [%p] %b '
-	EOF
-	[ -n "${2:-}" ] && printf '%s\n' "$2" >> "$PGDATA/postgresql.conf"
+	pg_init -A peer || die "initdb failed"
+	{
+		pg_conf bench/lib.sh ''
+		cat <<-EOF
+			max_worker_processes = 20
+			shared_buffers = 512MB
+			max_wal_size = 4GB
+			# synchronous_commit = on (the default): kept, the guarantees need it
+		EOF
+		[ -n "${2:-}" ] && printf '%s\n' "$2"
+	} >> "$PGDATA/postgresql.conf"
 	return 0
 }
 

@@ -64,7 +64,7 @@ PG_PORT='' MQ_PORT=''
 # shellcheck disable=SC1090
 [ -f "$PORTS" ] && . "$PORTS"
 # mq_env, mqctl, mq_pid, mq_prepare, mq_launch, mq_down, pg_running,
-# pg_launch, pg_stop: scripts/lib.sh
+# pg_init, pg_conf, pg_launch, pg_stop: scripts/lib.sh
 [ -n "$MQ_PORT" ] && mq_env
 
 mq_running()
@@ -167,18 +167,11 @@ fi
 
 write_pg_conf()
 {
-	cat > "$PGDATA/ordflow-demo.conf" <<-EOF
-		# written by scripts/demo.sh on every start; ALTER SYSTEM overrides it
-		listen_addresses = '127.0.0.1'
-		port = $PG_PORT
-		unix_socket_directories = '$SOCK'
-		shared_preload_libraries = 'ordflow'
-		ordflow.database = 'postgres'
-		ordflow.amqp_url = '$AMQP_URL'
-		max_worker_processes = 16
-		log_line_prefix = '%m [%p] %b '
-	EOF
-	[ -n "$CONSUMERS" ] && echo "ordflow.consumers = $CONSUMERS" >> "$PGDATA/ordflow-demo.conf"
+	{
+		pg_conf "scripts/demo.sh on every start; ALTER SYSTEM overrides it" 127.0.0.1
+		echo "max_worker_processes = 16"
+		[ -n "$CONSUMERS" ] && echo "ordflow.consumers = $CONSUMERS"
+	} > "$PGDATA/ordflow-demo.conf"
 	chown postgres: "$PGDATA/ordflow-demo.conf"
 }
 
@@ -188,8 +181,7 @@ if [ ! -f "$PGDATA/PG_VERSION" ]; then
 	umask 077
 	printf '%s\n' "$PGPASS_VALUE" > "$RUN/pwfile"
 	chown postgres: "$RUN/pwfile"
-	as_pg "$PG_BINDIR/initdb" -D "$PGDATA" -U postgres -E UTF8 --locale=C.UTF-8 \
-		--auth-local=peer --auth-host=scram-sha-256 --pwfile="$RUN/pwfile" >/dev/null ||
+	pg_init --auth-local=peer --auth-host=scram-sha-256 --pwfile="$RUN/pwfile" ||
 		die "initdb failed"
 	rm -f "$RUN/pwfile"
 	umask 022

@@ -258,6 +258,30 @@ mq_down()
 	return 0
 }
 
+# pg_init INITDB_OPTIONS...: initdb $PGDATA as postgres (superuser
+# postgres, UTF-8, C.UTF-8), quietly
+pg_init()
+{
+	as_pg "$PG_BINDIR/initdb" -D "$PGDATA" -U postgres -E UTF8 --locale=C.UTF-8 "$@" >/dev/null
+}
+
+# pg_conf WRITER LISTEN: prints the settings of a private ordflow server:
+# listen_addresses LISTEN, port $PG_PORT, socket folder $SOCK, ordflow
+# preloaded on database postgres with broker $AMQP_URL
+pg_conf()
+{
+	cat <<-EOF
+		# written by $1
+		listen_addresses = '$2'
+		port = $PG_PORT
+		unix_socket_directories = '$SOCK'
+		shared_preload_libraries = 'ordflow'
+		ordflow.database = 'postgres'
+		ordflow.amqp_url = '$AMQP_URL'
+		log_line_prefix = '%m [%p] %b '
+	EOF
+}
+
 # pg_launch LOG: start the cluster in $PGDATA, logging to LOG, and wait up
 # to 60 s; false (after the tail of LOG) when it did not start
 pg_launch()
