@@ -231,23 +231,29 @@ mq_launch()
 # the process is gone.  epmd stays (mq_down stops it too).
 mq_stop()
 {
-	local mode=${1:-term} pid i
+	local pid
 	pid=$(mq_pid)
 	[ -n "$pid" ] || return 0
-	if [ "$mode" = kill ]; then
+	if [ "${1:-term}" = kill ]; then
 		kill -KILL "$pid" 2>/dev/null
 	else
 		kill -TERM "$pid" 2>/dev/null
 	fi
-	for ((i = 0; i < 600; i++)); do
-		kill -0 "$pid" 2>/dev/null || return 0
-		sleep 0.1
-	done
+	wait_gone "$pid" 600 && return 0
 	kill -KILL "$pid" 2>/dev/null
-	for ((i = 0; i < 100; i++)); do
-		kill -0 "$pid" 2>/dev/null || return 0
+	wait_gone "$pid" 100
+}
+
+# wait_gone PID TENTHS: true once process PID is gone, false if it is still
+# there after TENTHS tenths of a second
+wait_gone()
+{
+	local i
+	for ((i = 0; i < $2; i++)); do
+		kill -0 "$1" 2>/dev/null || return 0
 		sleep 0.1
 	done
+	return 1
 }
 
 # mq_down: stop the broker (orderly) and the epmd it started
