@@ -39,16 +39,11 @@ QUICK=
 RUNS=
 PROFILE=
 KEEP=
-usage()
-{
-	sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
-	exit "${1:-0}"
-}
 while [ $# -gt 0 ]; do
 	case $1 in
+		--*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;	# --opt=V as --opt V
 		--quick) QUICK=1; shift ;;
 		--runs) RUNS=${2:?--runs needs a value}; shift 2 ;;
-		--runs=*) RUNS=${1#*=}; shift ;;
 		--profile) PROFILE=1; shift ;;
 		--keep) KEEP=1; shift ;;
 		-h|--help) usage 0 ;;
@@ -92,18 +87,8 @@ chmod 755 "$WORK"
 RESULTS=$OUT/results.csv
 RUN_ID=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
-# ---------------------------------------------------------------------------
-# cleanup: stop what we started (by pid file), then remove the work folder
-
-# shellcheck disable=SC2317  # invoked by the EXIT trap
-cleanup()
-{
-	local rc=$?
-	trap - EXIT INT TERM
-	bench_finish "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# on exit: stop what we started (by pid file), then remove the work folder
+bench_traps
 
 # ---------------------------------------------------------------------------
 # build and install

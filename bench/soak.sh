@@ -56,11 +56,6 @@ APPEND=1
 KEEP=
 FLAT_KB=4096			# private-memory growth after warm-up still called flat
 
-usage()
-{
-	sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'
-	exit "${1:-0}"
-}
 num()
 {
 	if ! [[ $2 =~ ^[0-9]+(\.[0-9]+)?$ ]] || ! awk -v v="$2" 'BEGIN { exit !(v > 0) }'; then
@@ -106,21 +101,20 @@ chmod 755 "$WORK"
 RUN_ID=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 RESTART_JOB=''
 
+# on exit, before bench/lib.sh stops the servers: a broker restart in
+# flight ends within its own timeouts; let it, so the broker it may be
+# starting has a pid file and gets stopped too
 # shellcheck disable=SC2317  # invoked by the EXIT trap
-cleanup()
+wait_restart()
 {
-	local rc=$?
-	trap - EXIT INT TERM
-	# a broker restart in flight ends within its own timeouts; let it, so
-	# the broker it may be starting has a pid file and gets stopped below
 	if [ -n "$RESTART_JOB" ] && kill -0 "$RESTART_JOB" 2>/dev/null; then
 		say "waiting for the broker restart in progress"
 		wait "$RESTART_JOB" 2>/dev/null
 	fi
-	bench_finish "$rc"
+	return 0
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+BENCH_EXIT_HOOK=wait_restart
+bench_traps
 
 # seconds since T0, one decimal
 el() { awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }

@@ -15,7 +15,8 @@
 #
 # Environment:
 #   ORDFLOW_PG_BINDIR  PostgreSQL's bin folder (see scripts/lib.sh)
-#   FUZZ_BUILD_DIR     build/work folder (default: a fresh temp folder)
+#   FUZZ_BUILD_DIR     build/work folder (default: a fresh temp folder,
+#                      removed after a clean run, kept after a failure)
 #   FUZZ_NO_MERGE=1    leave fuzz/corpus untouched (e.g. in CI)
 #   FUZZ_MAX_LEN       largest input libFuzzer makes (default 1024 bytes)
 set -uo pipefail
@@ -24,19 +25,21 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=../scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 
-usage() { sed -n '2,/^set /{/^set /d;s/^# \{0,1\}//;p}' "$0" >&2; exit 2; }
-
+case ${1:-} in -h|--help) usage 0 ;; esac
 DURATION=${1:-60}
 case "$DURATION" in
-	''|*[!0-9]*) usage ;;
+	''|*[!0-9]*) usage 2 ;;
 esac
-[ $# -le 1 ] || usage
+[ $# -le 1 ] || usage 2
 
 CORPUS=$ROOT/fuzz/corpus
 DICT=$ROOT/fuzz/json.dict
 BUILD=${FUZZ_BUILD_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/ordflow-fuzz.XXXXXX")}
 MAX_LEN=${FUZZ_MAX_LEN:-1024}
 mkdir -p "$BUILD" || die "cannot create $BUILD"
+# a folder of our own goes after a clean run, as bench/*.sh's do; after a
+# failure it stays, with the reproducers and logs it printed the paths of
+[ -n "${FUZZ_BUILD_DIR:-}" ] || trap '[ $? -ne 0 ] || rm -rf "$BUILD"' EXIT
 [ -x "$PG_CONFIG" ] || die "no pg_config at $PG_CONFIG (set ORDFLOW_PG_BINDIR)"
 
 # A trivial fuzz target tells whether clang and its fuzzer runtime work.
@@ -62,6 +65,7 @@ fi
 CFLAGS=(-g -O1 -std=gnu99 -Wall -Wextra -Wno-unused-parameter -Wno-ignored-attributes -Werror
 	-DFRONTEND -D_GNU_SOURCE -I"$ROOT/src" -I"$("$PG_CONFIG" --includedir-server)")
 LIBS=(-L"$("$PG_CONFIG" --pkglibdir)" -lpgcommon -lpgport -lm)
+# shellcheck disable=SC2054  # one option whose value holds a comma
 SAN=(-fsanitize=address,undefined -fno-sanitize-recover=all)
 SOURCES=("$ROOT/fuzz/fuzz_message.c" "$ROOT/src/order_message.c")
 BIN=$BUILD/fuzz_message

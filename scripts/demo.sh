@@ -27,22 +27,13 @@ STOP=
 DOWN=
 CTL=
 
-usage()
-{
-	sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
-	exit "${1:-0}"
-}
-
 while [ $# -gt 0 ]; do
 	case $1 in
+		--*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;	# --opt=V as --opt V
 		--rate) RATE=${2:?--rate needs a value}; shift 2 ;;
-		--rate=*) RATE=${1#*=}; shift ;;
 		--duration) DURATION=${2:?--duration needs a value}; shift 2 ;;
-		--duration=*) DURATION=${1#*=}; shift ;;
 		--users) USERS=${2:?--users needs a value}; shift 2 ;;
-		--users=*) USERS=${1#*=}; shift ;;
 		--consumers) CONSUMERS=${2:?--consumers needs a value}; shift 2 ;;
-		--consumers=*) CONSUMERS=${1#*=}; shift ;;
 		--stop) STOP=1; shift ;;
 		--down) DOWN=1; shift ;;
 		--rabbitmqctl) CTL=1; shift; break ;;
@@ -62,15 +53,7 @@ require_root
 # enter the project folder) a folder under /var/tmp that .run points to
 
 HASH=$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)
-if [ -L "$ROOT/.run" ]; then
-	RUN=$(readlink -f "$ROOT/.run")
-elif [ -d "$ROOT/.run" ]; then
-	RUN=$ROOT/.run
-elif postgres_can_enter "$ROOT"; then
-	RUN=$ROOT/.run
-else
-	RUN=/var/tmp/ordflow-$HASH
-fi
+RUN=$(demo_run_dir "$ROOT")
 PGDATA=$RUN/pgdata
 SOCK=$RUN/sock
 MQDIR=$RUN/rabbitmq
@@ -80,18 +63,14 @@ MQ_NODE=ordflow_demo_$HASH@localhost
 PG_PORT='' MQ_PORT=''
 # shellcheck disable=SC1090
 [ -f "$PORTS" ] && . "$PORTS"
-# mq_env, mqctl, mq_pid, mq_launch: scripts/lib.sh
+# mq_env, mqctl, mq_pid, mq_prepare, mq_launch, mq_down, pg_running,
+# pg_init, pg_conf, pg_launch, pg_stop: scripts/lib.sh
 [ -n "$MQ_PORT" ] && mq_env
 
 mq_running()
 {
 	[ -n "$MQ_PORT" ] && [ -n "$(mq_pid)" ] || return 1
 	mqctl -q status >/dev/null 2>&1
-}
-
-pg_running()
-{
-	[ -f "$PGDATA/PG_VERSION" ] && as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1
 }
 
 pgsql()
@@ -106,28 +85,14 @@ save_ports()
 
 stop_rabbitmq()
 {
-	if mq_running; then
-		say "stopping RabbitMQ ($MQ_NODE, port $MQ_PORT)"
-		mqctl shutdown >/dev/null 2>&1 || {
-			local pid
-			pid=$(mq_pid)
-			[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null
-			sleep 3
-		}
-	fi
-	[ -n "${MQ_EPMD:-}" ] && epmd -port "$MQ_EPMD" -kill >/dev/null 2>&1
-	return 0
+	mq_running && say "stopping RabbitMQ ($MQ_NODE, port $MQ_PORT)"
+	mq_down
 }
 
 stop_postgres()
 {
-	if pg_running; then
-		say "stopping PostgreSQL (port $PG_PORT)"
-		if ! as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" -m fast -w -t 30 stop >/dev/null; then
-			say "fast shutdown did not finish in 30 s; stopping immediately"
-			as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null
-		fi
-	fi
+	pg_running && say "stopping PostgreSQL (port $PG_PORT)"
+	pg_stop
 }
 
 if [ -n "$CTL" ]; then
@@ -175,8 +140,8 @@ if [ "$RUN" != "$ROOT/.run" ] && [ ! -e "$ROOT/.run" ]; then
 	ln -s "$RUN" "$ROOT/.run"
 	say "the postgres user cannot enter $ROOT, so the servers' data live in $RUN (.run points there)"
 fi
-mkdir -p "$RUN" "$SOCK" "$MQDIR"/{mnesia,log,home}
-chown postgres: "$RUN" "$SOCK" "$MQDIR" "$MQDIR"/{mnesia,log,home}
+mkdir -p "$RUN" "$SOCK"
+chown postgres: "$RUN" "$SOCK"
 chmod 700 "$SOCK"
 
 # ---------------------------------------------------------------------------
@@ -192,29 +157,21 @@ else
 	fi
 	mq_env
 	save_ports
-	mq_write_conf info scripts/demo.sh
+	mq_prepare info scripts/demo.sh || die "cannot prepare $MQDIR"
 	mq_launch || die "RabbitMQ did not start (log: $MQDIR/log/)"
 	say "RabbitMQ $MQ_NODE ready on 127.0.0.1:$MQ_PORT (log: $MQDIR/log/)"
 fi
-AMQP_URL="amqp://guest:guest@127.0.0.1:$MQ_PORT/%2f"
 
 # ---------------------------------------------------------------------------
 # PostgreSQL
 
 write_pg_conf()
 {
-	cat > "$PGDATA/ordflow-demo.conf" <<-EOF
-		# written by scripts/demo.sh on every start; ALTER SYSTEM overrides it
-		listen_addresses = '127.0.0.1'
-		port = $PG_PORT
-		unix_socket_directories = '$SOCK'
-		shared_preload_libraries = 'ordflow'
-		ordflow.database = 'postgres'
-		ordflow.amqp_url = '$AMQP_URL'
-		max_worker_processes = 16
-		log_line_prefix = '%m [%p] %b '
-	EOF
-	[ -n "$CONSUMERS" ] && echo "ordflow.consumers = $CONSUMERS" >> "$PGDATA/ordflow-demo.conf"
+	{
+		pg_conf "scripts/demo.sh on every start; ALTER SYSTEM overrides it" 127.0.0.1
+		echo "max_worker_processes = 16"
+		[ -n "$CONSUMERS" ] && echo "ordflow.consumers = $CONSUMERS"
+	} > "$PGDATA/ordflow-demo.conf"
 	chown postgres: "$PGDATA/ordflow-demo.conf"
 }
 
@@ -224,8 +181,7 @@ if [ ! -f "$PGDATA/PG_VERSION" ]; then
 	umask 077
 	printf '%s\n' "$PGPASS_VALUE" > "$RUN/pwfile"
 	chown postgres: "$RUN/pwfile"
-	as_pg "$PG_BINDIR/initdb" -D "$PGDATA" -U postgres -E UTF8 --locale=C.UTF-8 \
-		--auth-local=peer --auth-host=scram-sha-256 --pwfile="$RUN/pwfile" >/dev/null ||
+	pg_init --auth-local=peer --auth-host=scram-sha-256 --pwfile="$RUN/pwfile" ||
 		die "initdb failed"
 	rm -f "$RUN/pwfile"
 	umask 022

@@ -29,6 +29,21 @@ say()  { printf '%s\n' "$*" >&2; }
 step() { printf '\n==> %s\n' "$*" >&2; }
 die()  { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# usage [STATUS]: the running script's header comment (from line 2 to its
+# first non-comment line, without the "# "), then exit STATUS (default 0;
+# any other status prints to stderr, as for a bad option)
+usage()
+{
+	local rc=${1:-0}
+	if [ "$rc" -eq 0 ]; then
+		script_header "$0"
+	else
+		script_header "$0" >&2
+	fi
+	exit "$rc"
+}
+script_header() { awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$1"; }
+
 require_root()
 {
 	[ "$(id -u)" -eq 0 ] || die "run this as root (it installs packages and runs servers as the postgres user)"
@@ -118,16 +133,32 @@ postgres_can_enter()
 	(cd / && runuser -u postgres -- test -x "$1") 2>/dev/null
 }
 
+# demo_run_dir ROOT: where scripts/demo.sh keeps its servers' state for the
+# tree ROOT: ROOT/.run (or what that link points to), or, if the postgres
+# user cannot enter ROOT, a folder under /var/tmp named by ROOT's checksum
+# (scripts/plot.sh finds the demo's server the same way)
+demo_run_dir()
+{
+	if [ -L "$1/.run" ]; then
+		readlink -f "$1/.run"
+	elif [ -d "$1/.run" ] || postgres_can_enter "$1"; then
+		echo "$1/.run"
+	else
+		echo "/var/tmp/ordflow-$(printf '%s' "$1" | cksum | cut -d' ' -f1)"
+	fi
+}
+
 # ---------------------------------------------------------------------------
 # A private RabbitMQ, run as postgres with everything under $MQDIR.  The
 # caller sets MQDIR, MQ_NODE and MQ_PORT (AMQP; the 12 ports after it are
 # the broker's distribution port, epmd and rabbitmqctl's range).
 
-# mq_env: MQ_EPMD and MQ_ENV, the environment of the broker and of every
-# rabbitmqctl call (call again when MQ_PORT changes)
+# mq_env: MQ_EPMD, AMQP_URL (guest on loopback) and MQ_ENV, the environment
+# of the broker and of every rabbitmqctl call (call again when MQ_PORT changes)
 mq_env()
 {
 	MQ_EPMD=$((MQ_PORT + 2))
+	AMQP_URL="amqp://guest:guest@127.0.0.1:$MQ_PORT/%2f"
 	MQ_ENV=(
 		HOME="$MQDIR/home"
 		RABBITMQ_NODENAME="$MQ_NODE"
@@ -164,10 +195,12 @@ mq_pid()
 	return 0
 }
 
-# mq_write_conf LOG_LEVEL WRITER: rabbitmq.conf (guest on loopback only)
-# and an empty plugin list, owned by postgres; $MQDIR must exist
-mq_write_conf()
+# mq_prepare LOG_LEVEL WRITER: $MQDIR with its data, log and home folders,
+# rabbitmq.conf (guest on loopback only) and an empty plugin list, all
+# owned by postgres; keeps the data of an earlier run
+mq_prepare()
 {
+	mkdir -p "$MQDIR"/{mnesia,log,home} || return 1
 	cat > "$MQDIR/rabbitmq.conf" <<-EOF
 		# written by $2
 		loopback_users.guest = true
@@ -176,7 +209,8 @@ mq_write_conf()
 		disk_free_limit.absolute = 50MB
 	EOF
 	echo '[].' > "$MQDIR/enabled_plugins"
-	chown postgres: "$MQDIR/rabbitmq.conf" "$MQDIR/enabled_plugins"
+	chown postgres: "$MQDIR" "$MQDIR"/{mnesia,log,home} \
+		"$MQDIR/rabbitmq.conf" "$MQDIR/enabled_plugins"
 }
 
 # mq_launch: start the broker in the background and wait until it runs;
@@ -192,6 +226,68 @@ mq_launch()
 	return 1
 }
 
+# mq_stop [term|kill]: term = SIGTERM, the broker's orderly shutdown
+# (escalates to SIGKILL after 60 s); kill = SIGKILL at once.  Returns when
+# the process is gone.  epmd stays (mq_down stops it too).
+mq_stop()
+{
+	local pid
+	pid=$(mq_pid)
+	[ -n "$pid" ] || return 0
+	if [ "${1:-term}" = kill ]; then
+		kill -KILL "$pid" 2>/dev/null
+	else
+		kill -TERM "$pid" 2>/dev/null
+	fi
+	wait_gone "$pid" 600 && return 0
+	kill -KILL "$pid" 2>/dev/null
+	wait_gone "$pid" 100
+}
+
+# wait_gone PID TENTHS: true once process PID is gone, false if it is still
+# there after TENTHS tenths of a second
+wait_gone()
+{
+	local i
+	for ((i = 0; i < $2; i++)); do
+		kill -0 "$1" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# mq_down: stop the broker (orderly) and the epmd it started
+mq_down()
+{
+	mq_stop term
+	[ -n "${MQ_EPMD:-}" ] && epmd -port "$MQ_EPMD" -kill >/dev/null 2>&1
+	return 0
+}
+
+# pg_init INITDB_OPTIONS...: initdb $PGDATA as postgres (superuser
+# postgres, UTF-8, C.UTF-8), quietly
+pg_init()
+{
+	as_pg "$PG_BINDIR/initdb" -D "$PGDATA" -U postgres -E UTF8 --locale=C.UTF-8 "$@" >/dev/null
+}
+
+# pg_conf WRITER LISTEN: prints the settings of a private ordflow server:
+# listen_addresses LISTEN, port $PG_PORT, socket folder $SOCK, ordflow
+# preloaded on database postgres with broker $AMQP_URL
+pg_conf()
+{
+	cat <<-EOF
+		# written by $1
+		listen_addresses = '$2'
+		port = $PG_PORT
+		unix_socket_directories = '$SOCK'
+		shared_preload_libraries = 'ordflow'
+		ordflow.database = 'postgres'
+		ordflow.amqp_url = '$AMQP_URL'
+		log_line_prefix = '%m [%p] %b '
+	EOF
+}
+
 # pg_launch LOG: start the cluster in $PGDATA, logging to LOG, and wait up
 # to 60 s; false (after the tail of LOG) when it did not start
 pg_launch()
@@ -199,4 +295,21 @@ pg_launch()
 	as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" -l "$1" -w -t 60 start >/dev/null && return 0
 	tail -n 30 "$1" >&2
 	return 1
+}
+
+# pg_running: true if a postmaster runs in $PGDATA
+pg_running()
+{
+	[ -f "$PGDATA/postmaster.pid" ] &&
+		as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1
+}
+
+# pg_stop: stop the cluster in $PGDATA if it runs (fast shutdown; immediate
+# if that has not finished within 30 s)
+pg_stop()
+{
+	pg_running || return 0
+	as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" -m fast -w -t 30 stop >/dev/null && return 0
+	say "fast shutdown did not finish in 30 s; stopping immediately"
+	as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null
 }

@@ -30,23 +30,14 @@ SINCE='1 hour'
 OUTPUT=ordflow-metrics.png
 SIZE=1000x700
 TITLE=
-usage()
-{
-	sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
-	exit "${1:-0}"
-}
 while [ $# -gt 0 ]; do
 	case $1 in
+		--*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;	# --opt=V as --opt V
 		--dsn) DSN=${2:?--dsn needs a value}; shift 2 ;;
-		--dsn=*) DSN=${1#*=}; shift ;;
 		--since) SINCE=${2:?--since needs a value}; shift 2 ;;
-		--since=*) SINCE=${1#*=}; shift ;;
 		--output|-o) OUTPUT=${2:?--output needs a value}; shift 2 ;;
-		--output=*) OUTPUT=${1#*=}; shift ;;
 		--size) SIZE=${2:?--size needs a value}; shift 2 ;;
-		--size=*) SIZE=${1#*=}; shift ;;
 		--title) TITLE=${2?--title needs a value}; shift 2 ;;
-		--title=*) TITLE=${1#*=}; shift ;;
 		-h|--help) usage 0 ;;
 		*) say "unknown option: $1"; usage 1 ;;
 	esac
@@ -67,15 +58,9 @@ query()
 		"$PSQL" -X -q -A -t -F ',' -v ON_ERROR_STOP=1 -v since="$SINCE" -d "$DSN" -f -
 		return
 	fi
-	# the demo's server, found the way scripts/demo.sh finds it
+	# the demo's server (scripts/lib.sh's demo_run_dir, as scripts/demo.sh)
 	local run pg_port=
-	if [ -L "$ROOT/.run" ]; then
-		run=$(readlink -f "$ROOT/.run")
-	elif [ -d "$ROOT/.run" ]; then
-		run=$ROOT/.run
-	else
-		run=/var/tmp/ordflow-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)
-	fi
+	run=$(demo_run_dir "$ROOT")
 	[ -f "$run/ports.env" ] || die "no demo server found ($run/ports.env is missing): start scripts/demo.sh or pass --dsn"
 	pg_port=$(sed -n 's/^PG_PORT=\([0-9]*\)$/\1/p' "$run/ports.env")
 	[ -n "$pg_port" ] || die "no PG_PORT in $run/ports.env"

@@ -80,6 +80,22 @@ run_step()
 	fi
 }
 
+# installcheck_step NAME OUTDIR TMPDIR VAR=VALUE...: make installcheck with
+# those variables on a temporary instance; on failure, OUTDIR's
+# regression.diffs and the tail of the instance's server log
+installcheck_step()
+{
+	local name=$1 out=$2 tmp=$3 f
+	shift 3
+	run_step "$name (make installcheck, temp instance)" \
+		as_pg make -C "$SRC" installcheck "$@" PG_CONFIG="$PG_CONFIG" && return 0
+	show_file "$out/regression.diffs"
+	for f in "$out/log/postmaster.log" "$tmp/log/postmaster.log"; do
+		[ -f "$f" ] && { printf '\n----- tail of %s -----\n' "${f#"$SRC"/}"; tail -n 40 "$f"; }
+	done
+	return 1
+}
+
 # PGXS's prove_installcheck: PATH has the PostgreSQL bindir, PG_REGRESS and
 # TESTDIR are set, and prove gets PostgreSQL::Test::* on its include path
 # shellcheck disable=SC2317  # called through run_step
@@ -155,26 +171,14 @@ else
 
 	# 2. pg_regress
 	if compgen -G "$SRC/sql/*.sql" >/dev/null; then
-		if ! run_step "pg_regress (make installcheck, temp instance)" \
-			as_pg make -C "$SRC" installcheck TAP_TESTS= ISOLATION= PG_CONFIG="$PG_CONFIG"; then
-			show_file "$SRC/regression.diffs"
-			for f in "$SRC"/log/postmaster.log "$SRC"/tmp_check/log/postmaster.log; do
-				[ -f "$f" ] && { printf '\n----- tail of %s -----\n' "${f#"$SRC"/}"; tail -n 40 "$f"; }
-			done
-		fi
+		installcheck_step pg_regress "$SRC" "$SRC/tmp_check" TAP_TESTS= ISOLATION=
 	else
 		say "(no pg_regress tests yet: sql/*.sql is empty)"
 	fi
 
 	# 2b. isolation tests (specs/*.spec vs expected/*.out), own temp instance
 	if compgen -G "$SRC/specs/*.spec" >/dev/null; then
-		if ! run_step "isolation tests (make installcheck, temp instance)" \
-			as_pg make -C "$SRC" installcheck REGRESS= TAP_TESTS= PG_CONFIG="$PG_CONFIG"; then
-			show_file "$SRC/output_iso/regression.diffs"
-			for f in "$SRC"/output_iso/log/postmaster.log "$SRC"/tmp_check_iso/log/postmaster.log; do
-				[ -f "$f" ] && { printf '\n----- tail of %s -----\n' "${f#"$SRC"/}"; tail -n 40 "$f"; }
-			done
-		fi
+		installcheck_step "isolation tests" "$SRC/output_iso" "$SRC/tmp_check_iso" REGRESS= TAP_TESTS=
 	fi
 fi
 
