@@ -12,6 +12,8 @@ OBJS = \
 	src/supervisor.o \
 	src/generator.o \
 	src/relay.o \
+	src/relay_broker.o \
+	src/relay_outbox.o \
 	src/consumer.o \
 	src/order_processing.o \
 	src/message_batch.o \
