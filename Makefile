@@ -7,6 +7,7 @@ OBJS = \
 	src/control.o \
 	src/order_message.o \
 	src/amqp_conn.o \
+	src/amqp_frames.o \
 	src/amqp_topology.o \
 	src/amqp_url.o \
 	src/supervisor.o \
