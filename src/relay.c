@@ -216,7 +216,7 @@ ordflow_relay_main(Datum main_arg)
 		PG_END_TRY();
 		MemoryContextSwitchTo(oldcxt);
 
-		if (r.missing)
+		if (r.extension_gone)
 		{
 			of_amqp_disconnect(&r.a, true);
 			proc_exit(0);

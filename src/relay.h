@@ -74,7 +74,7 @@ typedef struct Relay
 	TimestampTz progress_at;	/* last publish or confirm */
 	bool		suspect;		/* one row at a time, up to suspect_hi */
 	int64		suspect_hi;
-	bool		missing;		/* the extension is gone: exit */
+	bool		extension_gone; /* DROP EXTENSION ordflow happened: exit */
 	/* when to look at the outbox again */
 	bool		woken;			/* the latch was set (a commit) since the last read */
 	bool		more;			/* the last read left rows behind */

@@ -396,7 +396,7 @@ of_relay_read_chunk(Relay *r, RelayChunk *c, int limit)
 	of_begin_tx("ordflow relay: reading the outbox");
 	if (!of_extension_exists())
 	{
-		r->missing = true;
+		r->extension_gone = true;
 		of_commit_tx();
 		MemoryContextSwitchTo(caller);
 		return false;
