@@ -7,11 +7,14 @@ OBJS = \
 	src/control.o \
 	src/order_message.o \
 	src/amqp_conn.o \
+	src/amqp_frames.o \
 	src/amqp_topology.o \
 	src/amqp_url.o \
 	src/supervisor.o \
 	src/generator.o \
 	src/relay.o \
+	src/relay_broker.o \
+	src/relay_outbox.o \
 	src/consumer.o \
 	src/order_processing.o \
 	src/message_batch.o \

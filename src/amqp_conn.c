@@ -1,7 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * amqp_conn.c
- *	  The broker connection of an ordflow worker.
+ *	  The broker connection of an ordflow worker: opening it (TLS, login,
+ *	  channel, topology), the rounds over the URL list with backoff, and
+ *	  the watchdog that gets a worker out of a blocked library call.
+ *	  Frames and publishing are in amqp_frames.c.
  *
  * librabbitmq blocks in poll() and retries on EINTR, so a signal alone never
  * gets a worker out of a stuck call (a publish into a broker that stopped
@@ -9,9 +12,6 @@
  * SIGTERM shuts the socket down, and a watchdog timer armed around every
  * call that may block does the same when it fires.  A dead socket makes the
  * library return at once with an error, and the worker goes on.
- *
- * Every wait happens in WaitLatchOrSocket(), after the library's own
- * buffers were drained with a zero-timeout read.
  *
  *-------------------------------------------------------------------------
  */
@@ -25,19 +25,16 @@
 
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
-#include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/memutils.h"
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
-#include "utils/wait_event.h"
 
 #include "amqp_conn.h"
 #include "ordflow.h"
 #include "worker_common.h"
 
 #define OF_CONNECT_TIMEOUT_MS	5000
-#define OF_RPC_TIMEOUT_MS		10000
 #define OF_BACKOFF_MIN_MS		500
 #define OF_BACKOFF_MAX_MS		30000
 #define OF_FRAME_MAX			131072
@@ -145,6 +142,118 @@ of_amqp_fail(OfAmqp *a, const char *fmt,...)
 	a->connected = false;
 }
 
+/*
+ * A socket for the URL's scheme: TLS for amqps://, set up from the
+ * ordflow.amqp_tls_* settings, plain TCP otherwise.  NULL (with a->error
+ * set) when it cannot be made.
+ */
+static amqp_socket_t *
+new_socket(OfAmqp *a, const struct amqp_connection_info *info)
+{
+	amqp_socket_t *sock;
+
+	if (info->ssl)
+	{
+		sock = amqp_ssl_socket_new(a->conn);
+		if (sock == NULL)
+		{
+			of_amqp_fail(a, "could not create a TLS socket");
+			return NULL;
+		}
+		amqp_ssl_socket_set_verify_peer(sock, ordflow_amqp_tls_verify);
+		amqp_ssl_socket_set_verify_hostname(sock, ordflow_amqp_tls_verify);
+		if (ordflow_amqp_tls_ca_file[0] != '\0' &&
+			amqp_ssl_socket_set_cacert(sock, ordflow_amqp_tls_ca_file) != AMQP_STATUS_OK)
+		{
+			of_amqp_fail(a, "could not load ordflow.amqp_tls_ca_file \"%s\"",
+						 ordflow_amqp_tls_ca_file);
+			return NULL;
+		}
+		if (ordflow_amqp_tls_verify && ordflow_amqp_tls_ca_file[0] == '\0')
+		{
+			of_amqp_fail(a, "amqps:// needs ordflow.amqp_tls_ca_file to verify the broker (or ordflow.amqp_tls_verify = off)");
+			return NULL;
+		}
+		if (ordflow_amqp_tls_cert_file[0] != '\0' &&
+			amqp_ssl_socket_set_key(sock, ordflow_amqp_tls_cert_file,
+									ordflow_amqp_tls_key_file) != AMQP_STATUS_OK)
+		{
+			of_amqp_fail(a, "could not load the client certificate \"%s\" or its key",
+						 ordflow_amqp_tls_cert_file);
+			return NULL;
+		}
+	}
+	else
+		sock = amqp_tcp_socket_new(a->conn);
+	if (sock == NULL)
+		of_amqp_fail(a, "could not create a socket");
+	return sock;
+}
+
+/*
+ * Log in, announcing the capabilities we rely on: connection.blocked so a
+ * memory alarm is seen, not suffered, publisher confirms, consumer cancel
+ * notifications and a close (not a dropped socket) on a failed login.
+ */
+static bool
+broker_login(OfAmqp *a, const struct amqp_connection_info *info)
+{
+	amqp_table_entry_t caps[4];
+	amqp_table_entry_t props[1];
+	amqp_table_t client_props;
+	amqp_rpc_reply_t r;
+
+	caps[0].key = amqp_cstring_bytes("connection.blocked");
+	caps[1].key = amqp_cstring_bytes("publisher_confirms");
+	caps[2].key = amqp_cstring_bytes("consumer_cancel_notify");
+	caps[3].key = amqp_cstring_bytes("authentication_failure_close");
+	for (int i = 0; i < 4; i++)
+	{
+		caps[i].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+		caps[i].value.value.boolean = 1;
+	}
+	props[0].key = amqp_cstring_bytes("capabilities");
+	props[0].value.kind = AMQP_FIELD_KIND_TABLE;
+	props[0].value.value.table.entries = caps;
+	props[0].value.value.table.num_entries = 4;
+	client_props.entries = props;
+	client_props.num_entries = 1;
+
+	r = amqp_login_with_properties(a->conn, info->vhost, 0, OF_FRAME_MAX,
+								   ordflow_heartbeat, &client_props,
+								   AMQP_SASL_METHOD_PLAIN, info->user, info->password);
+	if (r.reply_type != AMQP_RESPONSE_NORMAL)
+	{
+		of_amqp_reply_error(r, "login", a->error, sizeof(a->error));
+		of_amqp_set_error_class(a, "login");
+		a->connected = false;
+		return false;
+	}
+	return true;
+}
+
+/* The channel, the topology, and confirm mode if the worker publishes. */
+static bool
+open_channel(OfAmqp *a, bool confirms)
+{
+	amqp_channel_open(a->conn, OF_AMQP_CHANNEL);
+	if (!of_amqp_rpc_ok(a, "opening a channel"))
+		return false;
+	if (!of_amqp_declare_topology(a))
+		return false;
+	if (confirms)
+	{
+		amqp_confirm_select(a->conn, OF_AMQP_CHANNEL);
+		if (!of_amqp_rpc_ok(a, "enabling publisher confirms"))
+			return false;
+		a->confirms = true;
+		a->next_tag = 1;
+		a->acked_upto = 0;
+		a->n_early_acks = 0;
+		a->nacked = false;
+	}
+	return true;
+}
 
 /* url: a writable copy of the URL, which amqp_parse_url() cuts up */
 static bool
@@ -154,10 +263,6 @@ open_connection(OfAmqp *a, bool confirms, char *url)
 	amqp_socket_t *sock;
 	struct timeval tv;
 	int			status;
-	amqp_table_entry_t caps[4];
-	amqp_table_entry_t props[1];
-	amqp_table_t client_props;
-	amqp_rpc_reply_t r;
 
 	amqp_default_connection_info(&info);
 	if (amqp_parse_url(url, &info) != AMQP_STATUS_OK)
@@ -172,44 +277,8 @@ open_connection(OfAmqp *a, bool confirms, char *url)
 		of_amqp_fail(a, "out of memory creating a broker connection");
 		return false;
 	}
-	if (info.ssl)
-	{
-		sock = amqp_ssl_socket_new(a->conn);
-		if (sock == NULL)
-		{
-			of_amqp_fail(a, "could not create a TLS socket");
-			return false;
-		}
-		amqp_ssl_socket_set_verify_peer(sock, ordflow_amqp_tls_verify);
-		amqp_ssl_socket_set_verify_hostname(sock, ordflow_amqp_tls_verify);
-		if (ordflow_amqp_tls_ca_file[0] != '\0' &&
-			amqp_ssl_socket_set_cacert(sock, ordflow_amqp_tls_ca_file) != AMQP_STATUS_OK)
-		{
-			of_amqp_fail(a, "could not load ordflow.amqp_tls_ca_file \"%s\"",
-						 ordflow_amqp_tls_ca_file);
-			return false;
-		}
-		if (ordflow_amqp_tls_verify && ordflow_amqp_tls_ca_file[0] == '\0')
-		{
-			of_amqp_fail(a, "amqps:// needs ordflow.amqp_tls_ca_file to verify the broker (or ordflow.amqp_tls_verify = off)");
-			return false;
-		}
-		if (ordflow_amqp_tls_cert_file[0] != '\0' &&
-			amqp_ssl_socket_set_key(sock, ordflow_amqp_tls_cert_file,
-									ordflow_amqp_tls_key_file) != AMQP_STATUS_OK)
-		{
-			of_amqp_fail(a, "could not load the client certificate \"%s\" or its key",
-						 ordflow_amqp_tls_cert_file);
-			return false;
-		}
-	}
-	else
-		sock = amqp_tcp_socket_new(a->conn);
-	if (sock == NULL)
-	{
-		of_amqp_fail(a, "could not create a socket");
+	if ((sock = new_socket(a, &info)) == NULL)
 		return false;
-	}
 
 	tv.tv_sec = OF_CONNECT_TIMEOUT_MS / 1000;
 	tv.tv_usec = 0;
@@ -227,50 +296,8 @@ open_connection(OfAmqp *a, bool confirms, char *url)
 	tv.tv_sec = OF_RPC_TIMEOUT_MS / 1000;
 	amqp_set_rpc_timeout(a->conn, &tv);
 
-	/* Ask for connection.blocked so a memory alarm is seen, not suffered. */
-	caps[0].key = amqp_cstring_bytes("connection.blocked");
-	caps[1].key = amqp_cstring_bytes("publisher_confirms");
-	caps[2].key = amqp_cstring_bytes("consumer_cancel_notify");
-	caps[3].key = amqp_cstring_bytes("authentication_failure_close");
-	for (int i = 0; i < 4; i++)
-	{
-		caps[i].value.kind = AMQP_FIELD_KIND_BOOLEAN;
-		caps[i].value.value.boolean = 1;
-	}
-	props[0].key = amqp_cstring_bytes("capabilities");
-	props[0].value.kind = AMQP_FIELD_KIND_TABLE;
-	props[0].value.value.table.entries = caps;
-	props[0].value.value.table.num_entries = 4;
-	client_props.entries = props;
-	client_props.num_entries = 1;
-
-	r = amqp_login_with_properties(a->conn, info.vhost, 0, OF_FRAME_MAX,
-								   ordflow_heartbeat, &client_props,
-								   AMQP_SASL_METHOD_PLAIN, info.user, info.password);
-	if (r.reply_type != AMQP_RESPONSE_NORMAL)
-	{
-		of_amqp_reply_error(r, "login", a->error, sizeof(a->error));
-		of_amqp_set_error_class(a, "login");
-		a->connected = false;
+	if (!broker_login(a, &info) || !open_channel(a, confirms))
 		return false;
-	}
-
-	amqp_channel_open(a->conn, OF_AMQP_CHANNEL);
-	if (!of_amqp_rpc_ok(a, "opening a channel"))
-		return false;
-	if (!of_amqp_declare_topology(a))
-		return false;
-	if (confirms)
-	{
-		amqp_confirm_select(a->conn, OF_AMQP_CHANNEL);
-		if (!of_amqp_rpc_ok(a, "enabling publisher confirms"))
-			return false;
-		a->confirms = true;
-		a->next_tag = 1;
-		a->acked_upto = 0;
-		a->n_early_acks = 0;
-		a->nacked = false;
-	}
 	if (strchr(info.host, ':') != NULL)
 		snprintf(a->node, sizeof(a->node), "[%s]:%d", info.host, info.port);
 	else
@@ -526,267 +553,4 @@ of_amqp_ensure_connected(OfAmqp *a, bool confirms, long *wait_ms)
 		return false;
 	}
 	return try_next_url(a, confirms, wait_ms);
-}
-
-/* ---- frames ---- */
-
-/*
- * Record a publisher confirm.  Confirms may arrive out of order (one queue
- * confirms before another), so a single ack above the contiguous prefix is
- * kept aside until the prefix reaches it: acked_upto never claims a message
- * the broker has not confirmed.
- */
-static void
-confirm(OfAmqp *a, uint64 tag, bool multiple)
-{
-	bool		moved;
-
-	if (multiple)
-		a->acked_upto = Max(a->acked_upto, tag);
-	else if (tag == a->acked_upto + 1)
-		a->acked_upto = tag;
-	else if (tag > a->acked_upto)
-	{
-		if (a->n_early_acks == a->max_early_acks)
-		{
-			a->max_early_acks = Max(64, a->max_early_acks * 2);
-			a->early_acks = a->early_acks ?
-				repalloc(a->early_acks, sizeof(uint64) * a->max_early_acks) :
-				MemoryContextAlloc(TopMemoryContext, sizeof(uint64) * a->max_early_acks);
-		}
-		a->early_acks[a->n_early_acks++] = tag;
-		return;
-	}
-
-	/* Absorb the early acks the prefix has reached. */
-	do
-	{
-		moved = false;
-		for (int i = 0; i < a->n_early_acks; i++)
-		{
-			if (a->early_acks[i] <= a->acked_upto + 1)
-			{
-				a->acked_upto = Max(a->acked_upto, a->early_acks[i]);
-				a->early_acks[i--] = a->early_acks[--a->n_early_acks];
-				moved = true;
-			}
-		}
-	} while (moved);
-}
-
-/*
- * Handle a frame every worker cares about the same way.  Returns true when
- * the frame was consumed here.
- */
-static bool
-handle_common_frame(OfAmqp *a, amqp_frame_t *f)
-{
-	if (f->frame_type != AMQP_FRAME_METHOD)
-		return false;
-	switch (f->payload.method.id)
-	{
-		case AMQP_CONNECTION_BLOCKED_METHOD:
-			if (!a->blocked)
-				ereport(LOG, (errmsg("ordflow: the broker blocked publishing (resource alarm)")));
-			a->blocked = true;
-			return true;
-		case AMQP_CONNECTION_UNBLOCKED_METHOD:
-			if (a->blocked)
-				ereport(LOG, (errmsg("ordflow: the broker unblocked publishing")));
-			a->blocked = false;
-			return true;
-		case AMQP_BASIC_ACK_METHOD:
-			{
-				amqp_basic_ack_t *m = f->payload.method.decoded;
-
-				confirm(a, m->delivery_tag, m->multiple);
-				return true;
-			}
-		case AMQP_BASIC_NACK_METHOD:
-			a->nacked = true;
-			return true;
-		case AMQP_CONNECTION_CLOSE_METHOD:
-			{
-				amqp_connection_close_t *m = f->payload.method.decoded;
-				amqp_connection_close_ok_t ok;
-
-				of_amqp_fail(a, "broker closed the connection: %d %.*s", m->reply_code,
-							 (int) m->reply_text.len, (char *) m->reply_text.bytes);
-				a->close_code = m->reply_code;
-				of_amqp_watchdog_arm(2000);
-				amqp_send_method(a->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
-				of_amqp_watchdog_disarm();
-				return true;
-			}
-		case AMQP_CHANNEL_CLOSE_METHOD:
-			{
-				amqp_channel_close_t *m = f->payload.method.decoded;
-				amqp_channel_close_ok_t ok;
-
-				of_amqp_fail(a, "broker closed the channel: %d %.*s", m->reply_code,
-							 (int) m->reply_text.len, (char *) m->reply_text.bytes);
-				a->close_code = m->reply_code;
-				of_amqp_watchdog_arm(2000);
-				amqp_send_method(a->conn, f->channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
-				of_amqp_watchdog_disarm();
-				return true;
-			}
-		case AMQP_BASIC_CANCEL_METHOD:
-			of_amqp_fail(a, "the broker cancelled the consumer (queue deleted?)");
-			return true;
-		default:
-			return false;
-	}
-}
-
-/*
- * Next frame for the caller, waiting at most timeout_ms on the socket and
- * the latch together.  Control frames (blocked, confirms, close) are
- * handled here and reported as OF_WAIT_CONTROL.
- */
-OfWait
-of_amqp_next_frame(OfAmqp *a, amqp_frame_t *frame, long timeout_ms)
-{
-	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
-	struct timeval zero = {0, 0};
-
-	for (;;)
-	{
-		int			status;
-		long		remaining;
-		int			rc;
-
-		if (!a->connected)
-			return OF_WAIT_ERROR;
-
-		/* Drain what the library (or TLS) holds before sleeping. */
-		status = amqp_simple_wait_frame_noblock(a->conn, frame, &zero);
-		if (status == AMQP_STATUS_OK)
-		{
-			/* Control frames change our state: let the caller look again. */
-			if (handle_common_frame(a, frame))
-				return a->connected ? OF_WAIT_CONTROL : OF_WAIT_ERROR;
-			return OF_WAIT_FRAME;
-		}
-		if (status != AMQP_STATUS_TIMEOUT)
-		{
-			of_amqp_fail(a, "reading from the broker: %s", amqp_error_string2(status));
-			return OF_WAIT_ERROR;
-		}
-
-		remaining = (long) ((deadline - GetCurrentTimestamp()) / 1000);
-		if (remaining <= 0)
-			return OF_WAIT_TIMEOUT;
-		rc = WaitLatchOrSocket(MyLatch,
-							   WL_LATCH_SET | WL_SOCKET_READABLE | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							   a->fd, remaining, PG_WAIT_EXTENSION);
-		if (rc & WL_LATCH_SET)
-		{
-			ResetLatch(MyLatch);
-			return OF_WAIT_LATCH;
-		}
-	}
-}
-
-/*
- * After a failed write: the broker may have closed the channel or the
- * connection on purpose (a refused publish) just before, and its close may
- * still wait in the socket.  Read what is there, for at most timeout_ms, so
- * that close_code tells a refusal from an outage.
- */
-void
-of_amqp_read_close(OfAmqp *a, long timeout_ms)
-{
-	struct timeval tv;
-	amqp_frame_t frame;
-
-	if (a->conn == NULL)
-		return;
-	tv.tv_sec = timeout_ms / 1000;
-	tv.tv_usec = (timeout_ms % 1000) * 1000;
-	/* bounded: a broker that keeps talking must not keep us here */
-	for (int i = 0; i < 1000 && a->close_code == 0; i++)
-	{
-		if (amqp_simple_wait_frame_noblock(a->conn, &frame, &tv) != AMQP_STATUS_OK)
-			break;
-		if (frame.frame_type == AMQP_FRAME_METHOD &&
-			(frame.payload.method.id == AMQP_CHANNEL_CLOSE_METHOD ||
-			 frame.payload.method.id == AMQP_CONNECTION_CLOSE_METHOD))
-			(void) handle_common_frame(a, &frame);
-	}
-}
-
-bool
-of_amqp_publish(OfAmqp *a, const char *exchange, const char *routing_key,
-				const char *body, size_t len, amqp_basic_properties_t *props)
-{
-	amqp_bytes_t b;
-	int			status;
-
-	b.bytes = (void *) body;
-	b.len = len;
-	status = amqp_basic_publish(a->conn, OF_AMQP_CHANNEL, amqp_cstring_bytes(exchange),
-								amqp_cstring_bytes(routing_key), 0, 0, props, b);
-	if (status != AMQP_STATUS_OK)
-	{
-		of_amqp_fail(a, "publishing: %s", amqp_error_string2(status));
-		return false;
-	}
-	if (a->confirms)
-		a->next_tag++;
-	return true;
-}
-
-/*
- * Does a close with this reply code mean the broker refused what we sent
- * (access refused, no such exchange, message too large, frame error, ...)?
- * A shutdown (320 connection-forced), a normal close and the broker's own
- * internal errors say nothing about the message: those are outages, and
- * whatever was in flight is sent again after the reconnect.
- */
-bool
-of_amqp_close_is_refusal(int reply_code)
-{
-	switch (reply_code)
-	{
-		case 0:
-		case AMQP_REPLY_SUCCESS:	/* 200 */
-		case AMQP_CONNECTION_FORCED:	/* 320 */
-		case AMQP_INTERNAL_ERROR:	/* 541 */
-			return false;
-		default:
-			return true;
-	}
-}
-
-bool
-of_amqp_ack(OfAmqp *a, uint64 delivery_tag)
-{
-	int			status;
-
-	of_amqp_watchdog_arm(OF_RPC_TIMEOUT_MS);
-	status = amqp_basic_ack(a->conn, OF_AMQP_CHANNEL, delivery_tag, 1);
-	of_amqp_watchdog_disarm();
-	if (status != AMQP_STATUS_OK)
-	{
-		of_amqp_fail(a, "acknowledging: %s", amqp_error_string2(status));
-		return false;
-	}
-	return true;
-}
-
-bool
-of_amqp_requeue(OfAmqp *a, uint64 delivery_tag)
-{
-	int			status;
-
-	of_amqp_watchdog_arm(OF_RPC_TIMEOUT_MS);
-	status = amqp_basic_nack(a->conn, OF_AMQP_CHANNEL, delivery_tag, 1, 1);
-	of_amqp_watchdog_disarm();
-	if (status != AMQP_STATUS_OK)
-	{
-		of_amqp_fail(a, "requeueing: %s", amqp_error_string2(status));
-		return false;
-	}
-	return true;
 }

@@ -4,6 +4,8 @@
  *	  A RabbitMQ connection owned by an ordflow worker: connect with
  *	  timeouts and backoff, declare the topology, wait for frames on the
  *	  latch and the socket together, publish with confirms.
+ *	  amqp_conn.c connects, amqp_frames.c reads frames and publishes,
+ *	  amqp_topology.c declares, amqp_url.c checks and redacts URLs.
  *
  *-------------------------------------------------------------------------
  */
@@ -16,6 +18,8 @@
 
 #define OF_AMQP_CHANNEL 1
 #define OF_AMQP_ERRLEN 256
+/* How long a broker call may take before the watchdog cuts the socket. */
+#define OF_RPC_TIMEOUT_MS 10000
 #define OF_AMQP_NODELEN 128		/* as OF_NODE_LEN of a worker slot */
 /* Most URLs ordflow.amqp_url may list. */
 #define OF_MAX_BROKER_URLS 32

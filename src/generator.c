@@ -195,6 +195,35 @@ generate_tx(void *arg)
 		w->extension_gone = true;
 }
 
+/*
+ * Make n orders in a transaction of its own, count them and wake the relay.
+ * False after an error (of_run_in_tx reported it).
+ */
+static bool
+generate_orders(OfWorkerSlot *slot, MemoryContext loop_cxt, int n)
+{
+	GenerateWork w = {n, 0, false};
+	MemoryContext oldcxt;
+	ErrorData  *err;
+
+	of_slot_set_state(slot, "generating");
+	oldcxt = MemoryContextSwitchTo(loop_cxt);
+	err = of_run_in_tx(slot, "ordflow generator: making orders", generate_tx, &w);
+	MemoryContextSwitchTo(oldcxt);
+	/* Extension dropped: leave quietly; the supervisor decides. */
+	if (w.extension_gone)
+		proc_exit(0);
+	if (err != NULL)
+		return false;
+	/* back-pressure counts only the orders that exist */
+	of_slot_add_processed(slot, w.inserted);
+	LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
+	OfState->orders_generated += w.inserted;
+	LWLockRelease(OfState->lock);
+	of_wake_slot(OF_SLOT_RELAY);
+	return true;
+}
+
 void
 ordflow_generator_main(Datum main_arg)
 {
@@ -263,30 +292,13 @@ ordflow_generator_main(Datum main_arg)
 		n = (int) Min(tokens, (double) GEN_MAX_BATCH);
 		if (n >= 1)
 		{
-			GenerateWork w = {n, 0, false};
-			MemoryContext oldcxt;
-			ErrorData  *err;
-
-			of_slot_set_state(slot, "generating");
-			oldcxt = MemoryContextSwitchTo(loop_cxt);
-			err = of_run_in_tx(slot, "ordflow generator: making orders", generate_tx, &w);
-			MemoryContextSwitchTo(oldcxt);
-			/* Extension dropped: leave quietly; the supervisor decides. */
-			if (w.extension_gone)
-				proc_exit(0);
-			if (err != NULL)
+			if (!generate_orders(slot, loop_cxt, n))
 			{
 				tokens = 0.0;
 				of_worker_wait(1000);
 				continue;
 			}
 			tokens -= n;
-			/* back-pressure counts only the orders that exist */
-			of_slot_add_processed(slot, w.inserted);
-			LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
-			OfState->orders_generated += w.inserted;
-			LWLockRelease(OfState->lock);
-			of_wake_slot(OF_SLOT_RELAY);
 		}
 
 		/* Sleep until the next whole token, but not less than a tick. */

@@ -132,13 +132,10 @@ check_queue_type(char **newval, void **extra, GucSource source)
 	return false;
 }
 
+/* The broker: where it is, how to reach it, the topology ordflow declares. */
 static void
-define_settings(void)
+define_broker_settings(void)
 {
-	DefineCustomStringVariable("ordflow.database",
-							   "Database the ordflow workers connect to.",
-							   NULL, &ordflow_database, "postgres",
-							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("ordflow.amqp_url",
 							   "RabbitMQ broker URL (amqp:// or amqps://).",
 							   NULL, &ordflow_amqp_url,
@@ -161,48 +158,14 @@ define_settings(void)
 							   "Type of the queues ordflow declares: classic or quorum.",
 							   NULL, &ordflow_queue_type, "classic",
 							   PGC_SIGHUP, 0, check_queue_type, NULL, NULL);
-	DefineCustomRealVariable("ordflow.generator_rate",
-							 "Orders per second the generator makes when start() is given no rate.",
-							 NULL, &ordflow_generator_rate, 0.5, 0.001, OF_MAX_GENERATOR_RATE,
-							 PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("ordflow.consumers",
-							"Number of consumer workers.",
-							NULL, &ordflow_consumers, 1, 0, OF_MAX_CONSUMERS,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("ordflow.generator_max_backlog",
-							"Generated orders that may wait unprocessed before the generator pauses.",
-							"Back-pressure: the generator never outruns the pipeline by more than this. 0 means no limit.",
-							&ordflow_generator_max_backlog, 100000, 0, INT_MAX,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("ordflow.batch_size",
-							"Maximum messages a consumer processes in one transaction.",
-							"1 processes every message in its own transaction (the naive mode).",
-							&ordflow_batch_size, 1000, 1, 10000,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("ordflow.relay_batch_size",
-							"Maximum outbox rows the relay publishes in one transaction.",
-							NULL, &ordflow_relay_batch_size, 5000, 1, 10000,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("ordflow.prefetch",
-							"basic.qos prefetch count of each consumer.",
-							NULL, &ordflow_prefetch, 5000, 1, 65535,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("ordflow.batch_wait_ms",
-							"How long a consumer waits for more messages to fill a batch.",
-							NULL, &ordflow_batch_wait_ms, 5, 0, 1000,
-							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("ordflow.heartbeat",
 							"AMQP heartbeat interval.",
 							NULL, &ordflow_heartbeat, 30, 0, 600,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
-	DefineCustomRealVariable("ordflow.price_factor_min",
-							 "Lower bound of the factor quantity is multiplied by to make a price.",
-							 NULL, &ordflow_price_factor_min, 1.1, 0.0, 1e6,
-							 PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomRealVariable("ordflow.price_factor_max",
-							 "Upper bound of the factor quantity is multiplied by to make a price.",
-							 NULL, &ordflow_price_factor_max, 2.0, 0.0, 1e6,
-							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.prefetch",
+							"basic.qos prefetch count of each consumer.",
+							NULL, &ordflow_prefetch, 5000, 1, 65535,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("ordflow.amqp_tls_ca_file",
 							   "CA certificates that verify the broker (amqps://).",
 							   NULL, &ordflow_amqp_tls_ca_file, "",
@@ -220,36 +183,97 @@ define_settings(void)
 							 "Turning this off is an explicit opt-out; never use it in production.",
 							 &ordflow_amqp_tls_verify, true,
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("ordflow.retention",
-							"Age after which processed order events and metrics history are deleted.",
-							"0 keeps everything.",
-							&ordflow_event_retention, 7 * 24 * 60, 0, INT_MAX / 2,
-							PGC_SIGHUP, GUC_UNIT_MIN, NULL, NULL, NULL);
+}
 
-	DefineCustomStringVariable("ordflow.user_events_role",
-							   "Role whose rights user events from the broker are applied with.",
-							   "Empty refuses every user event from the broker. Superuser roles are refused.",
-							   &ordflow_user_events_role, "",
-							   PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("ordflow.max_message_size",
-							"Largest message body ordflow accepts or publishes.",
-							"A larger message is dead-lettered with its first 64 kB and its size.",
-							&ordflow_max_message_size, 1024 * 1024, 1024, 256 * 1024 * 1024,
-							PGC_SIGHUP, GUC_UNIT_BYTE, NULL, NULL, NULL);
-	DefineCustomIntVariable("ordflow.batch_max_bytes",
-							"Message bytes at which a consumer batch closes early.",
-							NULL, &ordflow_batch_max_bytes, 16 * 1024 * 1024, 65536, MaxAllocSize / 2,
-							PGC_SIGHUP, GUC_UNIT_BYTE, NULL, NULL, NULL);
-	DefineCustomIntVariable("ordflow.dead_letter_retention",
-							"Age after which dead letters are deleted.",
-							"0 keeps them.",
-							&ordflow_dead_letter_retention, 30 * 24 * 3600, 0, INT_MAX,
-							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+/* The workers: their database, their number, their pace and their limits. */
+static void
+define_pipeline_settings(void)
+{
+	DefineCustomStringVariable("ordflow.database",
+							   "Database the ordflow workers connect to.",
+							   NULL, &ordflow_database, "postgres",
+							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("ordflow.node_id",
 							"Number of this ordflow database among those sharing a broker.",
 							"Ids ordflow makes are node_id << 48 plus a per-node sequence.",
 							&ordflow_node_id, 0, 0, OF_MAX_NODE_ID,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.consumers",
+							"Number of consumer workers.",
+							NULL, &ordflow_consumers, 1, 0, OF_MAX_CONSUMERS,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable("ordflow.generator_rate",
+							 "Orders per second the generator makes when start() is given no rate.",
+							 NULL, &ordflow_generator_rate, 0.5, 0.001, OF_MAX_GENERATOR_RATE,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.generator_max_backlog",
+							"Generated orders that may wait unprocessed before the generator pauses.",
+							"Back-pressure: the generator never outruns the pipeline by more than this. 0 means no limit.",
+							&ordflow_generator_max_backlog, 100000, 0, INT_MAX,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable("ordflow.price_factor_min",
+							 "Lower bound of the factor quantity is multiplied by to make a price.",
+							 NULL, &ordflow_price_factor_min, 1.1, 0.0, 1e6,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable("ordflow.price_factor_max",
+							 "Upper bound of the factor quantity is multiplied by to make a price.",
+							 NULL, &ordflow_price_factor_max, 2.0, 0.0, 1e6,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.relay_batch_size",
+							"Maximum outbox rows the relay publishes in one transaction.",
+							NULL, &ordflow_relay_batch_size, 5000, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.batch_size",
+							"Maximum messages a consumer processes in one transaction.",
+							"1 processes every message in its own transaction (the naive mode).",
+							&ordflow_batch_size, 1000, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.batch_wait_ms",
+							"How long a consumer waits for more messages to fill a batch.",
+							NULL, &ordflow_batch_wait_ms, 5, 0, 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.batch_max_bytes",
+							"Message bytes at which a consumer batch closes early.",
+							NULL, &ordflow_batch_max_bytes, 16 * 1024 * 1024, 65536, MaxAllocSize / 2,
+							PGC_SIGHUP, GUC_UNIT_BYTE, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.max_message_size",
+							"Largest message body ordflow accepts or publishes.",
+							"A larger message is dead-lettered with its first 64 kB and its size.",
+							&ordflow_max_message_size, 1024 * 1024, 1024, 256 * 1024 * 1024,
+							PGC_SIGHUP, GUC_UNIT_BYTE, NULL, NULL, NULL);
+	DefineCustomStringVariable("ordflow.user_events_role",
+							   "Role whose rights user events from the broker are applied with.",
+							   "Empty refuses every user event from the broker. Superuser roles are refused.",
+							   &ordflow_user_events_role, "",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+}
+
+/* How long the history and the dead letters are kept. */
+static void
+define_retention_settings(void)
+{
+	DefineCustomIntVariable("ordflow.retention",
+							"Age after which processed order events and metrics history are deleted.",
+							"0 keeps everything.",
+							&ordflow_event_retention, 7 * 24 * 60, 0, INT_MAX / 2,
+							PGC_SIGHUP, GUC_UNIT_MIN, NULL, NULL, NULL);
+	DefineCustomIntVariable("ordflow.dead_letter_retention",
+							"Age after which dead letters are deleted.",
+							"0 keeps them.",
+							&ordflow_dead_letter_retention, 30 * 24 * 3600, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+}
+
+/*
+ * Every setting is defined before the prefix is reserved, so that a
+ * misspelt ordflow.* setting is reported rather than kept as a placeholder.
+ */
+static void
+define_settings(void)
+{
+	define_broker_settings();
+	define_pipeline_settings();
+	define_retention_settings();
 
 	MarkGUCPrefixReserved("ordflow");
 }
