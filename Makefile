@@ -6,6 +6,7 @@ OBJS = \
 	src/shmem.o \
 	src/control.o \
 	src/order_message.o \
+	src/order_fields.o \
 	src/amqp_conn.o \
 	src/amqp_frames.o \
 	src/amqp_topology.o \

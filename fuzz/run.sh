@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # fuzz/run.sh [SECONDS=60] - fuzz the order-message decoder.
 #
-# Builds fuzz/fuzz_message.c with src/order_message.c (clang, libFuzzer,
+# Builds fuzz/fuzz_message.c with the decoder (src/order_message.c and
+# src/order_fields.c) under clang, libFuzzer and
 # ASan+UBSan, -DFRONTEND, linked with PostgreSQL's -lpgcommon -lpgport from
 # $(pg_config --pkglibdir)) and fuzzes for SECONDS on one core, seeded from
 # fuzz/corpus with fuzz/json.dict.  Then adds the inputs that found new
@@ -67,7 +68,7 @@ CFLAGS=(-g -O1 -std=gnu99 -Wall -Wextra -Wno-unused-parameter -Wno-ignored-attri
 LIBS=(-L"$("$PG_CONFIG" --pkglibdir)" -lpgcommon -lpgport -lm)
 # shellcheck disable=SC2054  # one option whose value holds a comma
 SAN=(-fsanitize=address,undefined -fno-sanitize-recover=all)
-SOURCES=("$ROOT/fuzz/fuzz_message.c" "$ROOT/src/order_message.c")
+SOURCES=("$ROOT/fuzz/fuzz_message.c" "$ROOT/src/order_message.c" "$ROOT/src/order_fields.c")
 BIN=$BUILD/fuzz_message
 REPLAY=$BUILD/fuzz_replay
 
