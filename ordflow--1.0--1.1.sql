@@ -489,9 +489,9 @@ REVOKE ALL ON FUNCTION ordflow._place_orders_check(jsonb, numeric, numeric, nume
 --
 -- Every statement is set-wise: one to check and convert the array, one per
 -- round to draw ids and insert the orders, their events and their outbox
--- rows.  The ids are drawn from the column default of orders.order_id
--- (read from the catalog, so this follows it if it changes) before the
--- insert, so that each drawn id is known to belong to its element; one an
+-- rows.  The ids are drawn as the column default of orders.order_id draws
+-- them, but before the insert, so that each drawn id is known to belong to
+-- its element; one an
 -- outside producer already took is skipped by ON CONFLICT DO NOTHING and
 -- that element draws again in the next round, as place_order() loops.
 CREATE FUNCTION ordflow.place_orders(orders jsonb)
@@ -510,7 +510,7 @@ DECLARE
 	idx       int[];		-- elements (1-based) still without an order
 	all_i     int[] := '{}';	-- the elements placed so far
 	all_id    bigint[] := '{}';	-- and their order ids
-	id_expr   text;
+	node      bigint;
 	placed    record;
 BEGIN
 	IF orders IS NULL THEN
@@ -563,10 +563,10 @@ BEGIN
 	symbols := bad.symbols;
 	qtys := bad.qtys;
 
-	SELECT pg_get_expr(d.adbin, d.adrelid) INTO STRICT id_expr
-	  FROM pg_attrdef AS d
-	  JOIN pg_attribute AS a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
-	 WHERE d.adrelid = 'ordflow.orders'::regclass AND a.attname = 'order_id';
+	-- The default of orders.order_id, with the node id (a function with a
+	-- SET clause, so never inlined) evaluated once instead of per row.
+	-- 11_place_orders checks that the default is still this expression.
+	node := ordflow._node_id();
 
 	-- Each round draws an id for every element still without an order
 	-- (all of them in the first), inserts, and hands the elements whose id
@@ -576,9 +576,11 @@ BEGIN
 	-- in input order.
 	idx := ARRAY(SELECT generate_series(1, n));
 	WHILE cardinality(idx) > 0 LOOP
-		EXECUTE format($q$
+		-- EXECUTE: planned for the actual sizes each time (a generic plan
+		-- could pick a nested loop for 100,000 rows).
+		EXECUTE $q$
 			WITH drawn AS MATERIALIZED (
-				SELECT s.*, %s AS id
+				SELECT s.*, ($6 << 48) + nextval('ordflow.order_id_seq') AS id
 				  FROM unnest($1, $2, $3, $4, $5) AS s(i, uid, amount, symbol, qty)
 			), o AS (
 				INSERT INTO ordflow.orders AS o (order_id, uid, amount, symbol, quantity, source)
@@ -607,9 +609,9 @@ BEGIN
 				   array_agg(d.amount) FILTER (WHERE o.order_id IS NULL) AS amount,
 				   array_agg(d.symbol) FILTER (WHERE o.order_id IS NULL) AS symbol,
 				   array_agg(d.qty) FILTER (WHERE o.order_id IS NULL) AS qty
-			  FROM drawn AS d LEFT JOIN o ON o.order_id = d.id$q$, id_expr)
+			  FROM drawn AS d LEFT JOIN o ON o.order_id = d.id$q$
 			INTO placed
-			USING idx, uids, amounts, symbols, qtys;
+			USING idx, uids, amounts, symbols, qtys, node;
 
 		all_i := all_i || placed.placed_i;
 		all_id := all_id || placed.placed_id;
