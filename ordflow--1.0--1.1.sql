@@ -498,7 +498,6 @@ CREATE FUNCTION ordflow.place_orders(orders jsonb)
 RETURNS SETOF bigint
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET jit = off		-- compiling costs more than it saves on these plans
 AS $$
 DECLARE
 	bad       record;
