@@ -434,8 +434,10 @@ REVOKE ALL ON FUNCTION ordflow._place_orders_unknown_key(jsonb) FROM PUBLIC;
 -- The first check one element of place_orders() fails, as {message, hint},
 -- or NULL: the JSON types first, then place_order()'s checks in its order.
 -- uid, amount and qty are the element's numbers (NULL when not a number).
--- A single expression without SET clause, so the planner inlines it into
--- place_orders(); hence every name is schema-qualified.
+-- A single expression without SET clause or subquery, so the planner
+-- inlines it into place_orders() (a call per element would cost more than
+-- the checks); functions and most operators are schema-qualified, and it
+-- only ever runs inside place_orders(), whose search_path is pinned.
 CREATE FUNCTION ordflow._place_orders_check(v jsonb, uid numeric, amount numeric, qty numeric)
 RETURNS text[]
 LANGUAGE sql STABLE PARALLEL SAFE
