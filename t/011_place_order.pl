@@ -227,6 +227,51 @@ isnt($ret, 0, 'an order with neither amount nor quantity is refused');
 is(sq('SELECT count(*) FROM ordflow.orders'), '2', 'refused orders left nothing behind');
 
 ok(!$node->log_contains('terminated by signal'), 'no worker crashed');
+# ---------------------------------------------------------------------------
+# place_orders(): a batch placed in one call is published and processed
+# like place_order()'s orders; a rolled-back batch never is.
+{
+	my $bulk_uid = sq(q{SELECT ordflow.create_user('Bea', 'Bulk', 1000)});
+	sq(q{BEGIN; SELECT ordflow.place_orders('[{"amount": 7, "symbol": "RBX"}]'); ROLLBACK;});
+	my @bulk = split /\n/, sq(qq{
+		SELECT ordflow.place_orders(
+			'[{"uid": $bulk_uid, "amount": 100, "symbol": "B1"},
+			  {"uid": $bulk_uid, "amount": 2000, "symbol": "B2"},
+			  {"uid": $bulk_uid, "quantity": 3, "symbol": "B3"},
+			  {"uid": 424243, "amount": 5}]')});
+	is(scalar(@bulk), 4, 'place_orders returned four ids');
+	my $bl = join(',', @bulk);
+	ok( OrdflowTest::wait_for($node,
+			"SELECT count(*) FROM ordflow.orders WHERE order_id IN ($bl) AND status <> 'initialised'",
+			'4', 60),
+		'the four orders of place_orders are processed');
+	is(sq("SELECT string_agg(symbol || ':' || status || ':' || coalesce(notes, '-'), ',' ORDER BY order_id)"
+		  . " FROM ordflow.orders WHERE order_id IN ($bl) AND symbol IS NOT NULL"),
+		'B1:completed:-,B2:declined:insufficient balance,B3:completed:-',
+		'completed, declined for balance, priced by quantity');
+	is(sq("SELECT notes FROM ordflow.orders WHERE order_id = $bulk[3]"), 'unknown user',
+		'the order of an unknown user is declined');
+	is(sq(q{SELECT count(*) FROM ordflow.orders o
+			 WHERE o.order_id IN (} . $bl . q{)
+			   AND (SELECT count(*) FROM ordflow.order_events e WHERE e.order_id = o.order_id) <> 2}),
+		'0', 'every order of the batch has two events');
+	ok(OrdflowTest::wait_for($node, 'SELECT count(*) FROM ordflow.outbox', '0', 30),
+		'the outbox is empty again');
+	my %pub;
+	for my $m ($mq->get_messages($tap, count => 1000, wait => 2))
+	{
+		my $j = eval { decode_json($m->{body}) } or next;
+		$pub{ $j->{order_id} } = $j;
+	}
+	ok((grep { $pub{$_} } @bulk) == 4, 'all four were published');
+	ok(!(grep { ($_->{symbol} // '') eq 'RBX' } values %pub),
+		'the rolled-back batch was never published');
+	is_deeply([ sort keys %{ $pub{ $bulk[0] } } ],
+		[qw(amount created_at order_id quantity symbol uid)],
+		'a batch order carries exactly the contract fields');
+	is(sq("SELECT count(*) FROM ordflow.dead_letters"), '0', 'no dead letters');
+}
+
 $node->stop;
 $mq->stop;
 done_testing();
