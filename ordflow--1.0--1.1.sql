@@ -258,13 +258,13 @@ AS $$
 		   t.last_at
 	  FROM t, r
 $$;
--- ===========================================================================
--- [nodes] ordflow.node_id: the ids ordflow makes (order_id, uid) are
--- node_id << 48 plus a per-node sequence, so node 0 keeps 1, 2, 3, ... and
--- no two ordflow databases sharing a broker hand out the same id.  The
--- sequences stop at 2^48 - 1, below the next node's ids.
--- (issue 9, item 3; SPEC "More than one node")
--- ===========================================================================
+
+-- ---------------------------------------------------------------------------
+-- ordflow.node_id: the ids ordflow makes (order_id, uid) are node_id << 48
+-- plus a per-node sequence, so node 0 keeps 1, 2, 3, ... and no two ordflow
+-- databases sharing a broker hand out the same id.  The sequences stop at
+-- 2^48 - 1, below the next node's ids.
+-- ---------------------------------------------------------------------------
 
 -- ordflow.node_id is PGC_POSTMASTER, so this is constant while the server
 -- runs; NULL (ordflow not loaded, e.g. a restore) counts as node 0.
@@ -300,11 +300,10 @@ ALTER TABLE ordflow.users ALTER COLUMN uid
 		OPERATOR(pg_catalog.+) pg_catalog.nextval('ordflow.users_uid_seq');
 -- A restored database must not hand out uids again.
 SELECT pg_catalog.pg_extension_config_dump('ordflow.users_uid_seq', '');
--- [nodes] end
 
--- ===========================================================================
--- Dead-letter re-drive and purge (issue 10, item 2; branch "upgrade")
--- ===========================================================================
+-- ---------------------------------------------------------------------------
+-- Dead-letter re-drive and purge
+-- ---------------------------------------------------------------------------
 
 -- Republishes stored dead letters (all of them, or those whose id is in
 -- ids) through the outbox, as 'retry' rows the relay publishes with their
@@ -412,11 +411,10 @@ $$;
 REVOKE ALL ON FUNCTION ordflow.retry_dead_letters(bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ordflow.purge_dead_letters(interval) FROM PUBLIC;
 
--- ===========================================================================
--- [placement] place_orders(orders jsonb): many orders in a handful of
--- statements, with place_order()'s validation and transaction semantics
--- (issue 12, item 2; branch "placement")
--- ===========================================================================
+-- ---------------------------------------------------------------------------
+-- place_orders(orders jsonb): many orders in a handful of statements, with
+-- place_order()'s validation and transaction semantics
+-- ---------------------------------------------------------------------------
 
 -- The first key of an order that place_orders() does not know, quoted.
 -- A function of its own: a subquery in _place_orders_check() would keep
@@ -628,4 +626,3 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION ordflow.place_orders(jsonb) FROM PUBLIC;
--- [placement] end
