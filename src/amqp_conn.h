@@ -80,6 +80,7 @@ extern char *of_redact_urls_in_text(const char *text);
 extern void of_amqp_reply_error(amqp_rpc_reply_t r, const char *what, char *buf, size_t len);
 extern bool of_amqp_rpc_ok(OfAmqp *a, const char *what);
 extern bool of_amqp_declare_topology(OfAmqp *a);
+extern bool of_amqp_reserved_queue(const char *name);
 
 extern bool of_amqp_ensure_connected(OfAmqp *a, bool confirms, long *wait_ms);
 extern void of_amqp_disconnect(OfAmqp *a, bool graceful);

@@ -50,6 +50,28 @@ of_amqp_reply_error(amqp_rpc_reply_t r, const char *what, char *buf, size_t len)
 	}
 }
 
+/*
+ * Names of ordflow's own topology, and the broker's: never a queue a reply
+ * may go to.  The consumer checks reply_to with it, the relay again.
+ */
+bool
+of_amqp_reserved_queue(const char *q)
+{
+	const char *own[] = {ordflow_exchange, ordflow_orders_queue, ordflow_user_events_queue};
+
+	if (strncmp(q, "amq.", 4) == 0 || strncmp(q, "ordflow.", 8) == 0)
+		return true;
+	for (size_t i = 0; i < lengthof(own); i++)
+	{
+		size_t		n = strlen(own[i]);
+
+		/* the name itself, or anything derived from it (.dead, .dlx, .<p>) */
+		if (strncmp(q, own[i], n) == 0 && (q[n] == '\0' || q[n] == '.'))
+			return true;
+	}
+	return false;
+}
+
 bool
 of_amqp_rpc_ok(OfAmqp *a, const char *what)
 {

@@ -26,6 +26,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "amqp_conn.h"
 #include "message_batch.h"
 #include "order_processing.h"
 #include "ordflow.h"
@@ -337,17 +338,8 @@ reply_target_allowed(const OfMessage *m)
 {
 	const char *q = m->reply_to;
 
-	if (q == NULL || !m->reply_to_exact || q[0] == '\0' || strlen(q) > 255)
-		return false;
-	if (strncmp(q, "amq.", 4) == 0 || strncmp(q, "ordflow.", 8) == 0)
-		return false;
-	if (strcmp(q, ordflow_orders_queue) == 0 || strcmp(q, ordflow_user_events_queue) == 0 ||
-		strcmp(q, ordflow_exchange) == 0)
-		return false;
-	if (strncmp(q, ordflow_exchange, strlen(ordflow_exchange)) == 0 &&
-		q[strlen(ordflow_exchange)] == '.')
-		return false;
-	return true;
+	return q != NULL && m->reply_to_exact && q[0] != '\0' && strlen(q) <= 255 &&
+		!of_amqp_reserved_queue(q);
 }
 
 /* Queue the replies in the outbox, in this transaction. */

@@ -137,25 +137,6 @@ has_prefix(const char *s, const char *prefix)
 	return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
-/* Names of ordflow's own topology, and the broker's: never a reply queue. */
-static bool
-reserved_queue(const char *q)
-{
-	const char *own[] = {ordflow_exchange, ordflow_orders_queue, ordflow_user_events_queue};
-
-	if (has_prefix(q, "amq.") || has_prefix(q, "ordflow."))
-		return true;
-	for (size_t i = 0; i < lengthof(own); i++)
-	{
-		size_t		n = strlen(own[i]);
-
-		/* the name itself, or anything derived from it (.dead, .dlx, .<p>) */
-		if (strncmp(q, own[i], n) == 0 && (q[n] == '\0' || q[n] == '.'))
-			return true;
-	}
-	return false;
-}
-
 /* order.created or order.created.<partition> */
 static bool
 order_routing_key(const char *rk)
@@ -197,7 +178,7 @@ route_row(RelayMsg *m, const char *kind)
 		m->exchange = "";
 		if (q[0] == '\0')
 			m->error = pstrdup("a reply needs a reply_to queue");
-		else if (reserved_queue(q))
+		else if (of_amqp_reserved_queue(q))
 			m->error = psprintf("a reply may not go to \"%s\": the name is reserved for the broker or ordflow's own topology",
 								q);
 		m->routing_key = q;
