@@ -20,6 +20,9 @@
 #define RELAY_CONFIRM_TIMEOUT_MS	15000
 /* Chunks in flight at once. */
 #define RELAY_WINDOW				2
+/* A suspect row is dead-lettered when refused this often over this long. */
+#define RELAY_REFUSALS				3
+#define RELAY_REFUSAL_MS			5000
 
 typedef enum OutboxKind
 {
@@ -74,6 +77,9 @@ typedef struct Relay
 	TimestampTz progress_at;	/* last publish or confirm */
 	bool		suspect;		/* one row at a time, up to suspect_hi */
 	int64		suspect_hi;
+	int64		refused_id;		/* the suspect row refused last ... */
+	int			refusals;		/* ... this many times in a row ... */
+	TimestampTz first_refusal;	/* ... since then */
 	bool		extension_gone; /* DROP EXTENSION ordflow happened: exit */
 	/* when to look at the outbox again */
 	bool		woken;			/* the latch was set (a commit) since the last read */

@@ -201,10 +201,26 @@ of_relay_window_failed(Relay *r)
 		r->window[0].n == 1 && r->window[0].published == 1)
 	{
 		RelayMsg   *m = &r->window[0].msgs[0];
+		TimestampTz now = GetCurrentTimestamp();
 
-		of_relay_dead_letter_refused(m, reason);
-		if (m->id >= r->suspect_hi)
-			r->suspect = false;
+		/*
+		 * A quorum queue nacks while it elects a new leader: the row is the
+		 * culprit only when the refusal repeats for a while.
+		 */
+		if (m->id != r->refused_id)
+		{
+			r->refused_id = m->id;
+			r->refusals = 0;
+			r->first_refusal = now;
+		}
+		if (++r->refusals >= RELAY_REFUSALS &&
+			TimestampDifferenceExceeds(r->first_refusal, now, RELAY_REFUSAL_MS))
+		{
+			of_relay_dead_letter_refused(m, reason);
+			r->refused_id = 0;
+			if (m->id >= r->suspect_hi)
+				r->suspect = false;
+		}
 	}
 	else if (refused && r->nchunks > 0)
 	{

@@ -198,7 +198,10 @@ is($sql->(q{SELECT processed FROM ordflow.status() WHERE worker = 'relay'}), $re
 my $broker_log_after = () = (PostgreSQL::Test::Utils::slurp_file($mq->log_file) =~ /$refused_re/g);
 my $refusals = $broker_log_after - $broker_log_before;
 cmp_ok($refusals, '>=', 1, "the broker refused the reply ($refusals times)");
-cmp_ok($refusals, '<=', 2, 'at most twice: once in its chunk, once alone');
+# once in its chunk, then alone until the refusal has repeated 3 times over
+# 5 s (a quorum queue nacks while it elects a leader): bounded, not a loop
+# (the 1.0 relay was refused 756 times in the same time)
+cmp_ok($refusals, '<=', 20, 'a bounded number of refusals, no republish loop');
 is($mq->queue_depth('client.replies'), 0, 'the refused reply never reached its queue');
 
 # A nack is a refusal too: a queue that is full with overflow reject-publish
