@@ -18,6 +18,7 @@ OBJS = \
 	src/relay_outbox.o \
 	src/consumer.o \
 	src/order_processing.o \
+	src/partitions.o \
 	src/message_batch.o \
 	src/message_reader.o \
 	src/metrics.o \

@@ -626,3 +626,22 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION ordflow.place_orders(jsonb) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- uid partitions (ordflow.partitions, ordflow.owned_partitions): a user's
+-- partition is uid mod partitions, an order without uid goes by its
+-- order_id.  Both functions call the C code the workers use.
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION ordflow.partition_of(uid bigint)
+RETURNS int
+LANGUAGE c STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'ordflow_partition_of';
+
+-- The partitions this node holds, ascending.
+CREATE FUNCTION ordflow._owned_partitions()
+RETURNS int[]
+LANGUAGE c STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'ordflow_owned_partition_list';

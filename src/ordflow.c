@@ -25,6 +25,7 @@
 
 #include "amqp_conn.h"
 #include "ordflow.h"
+#include "partitions.h"
 #include "shmem.h"
 
 PG_MODULE_MAGIC;
@@ -198,6 +199,17 @@ define_pipeline_settings(void)
 							"Ids ordflow makes are node_id << 48 plus a per-node sequence.",
 							&ordflow_node_id, 0, 0, OF_MAX_NODE_ID,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	/* partitions first: the check of owned_partitions reads it */
+	DefineCustomIntVariable("ordflow.partitions",
+							"Number of uid partitions; the same on every node sharing a broker.",
+							"A user's partition is uid mod ordflow.partitions.",
+							&ordflow_partitions, 1, 1, OF_MAX_PARTITIONS,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("ordflow.owned_partitions",
+							   "uid partitions this node holds: all, or a list such as 0-3,8.",
+							   NULL, &ordflow_owned_partitions, "all",
+							   PGC_SIGHUP, 0, of_check_owned_partitions,
+							   of_assign_owned_partitions, NULL);
 	DefineCustomIntVariable("ordflow.consumers",
 							"Number of consumer workers.",
 							NULL, &ordflow_consumers, 1, 0, OF_MAX_CONSUMERS,
