@@ -18,8 +18,10 @@ OBJS = \
 	src/relay_outbox.o \
 	src/consumer.o \
 	src/order_processing.o \
+	src/partition_claims.o \
 	src/partitions.o \
 	src/message_batch.o \
+	src/message_forward.o \
 	src/message_reader.o \
 	src/metrics.o \
 	src/spi_util.o \

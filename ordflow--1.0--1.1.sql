@@ -89,15 +89,17 @@ REVOKE ALL ON ordflow.applied_user_events FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('ordflow.applied_user_events', '');
 
 -- ---------------------------------------------------------------------------
--- status(): the broker node each worker is connected to.  last_error and
--- node show host names, ports and file paths only to roles with
--- pg_read_all_settings; others see the error's class.
+-- status(): the broker node each worker is connected to, and the uid
+-- partitions each consumer holds (NULL with ordflow.partitions = 1).
+-- last_error and node show host names, ports and file paths only to roles
+-- with pg_read_all_settings; others see the error's class.
 -- ---------------------------------------------------------------------------
 
 DROP FUNCTION ordflow.status();
 CREATE FUNCTION ordflow.status()
 RETURNS TABLE(worker text, pid int, state text, connected boolean,
-			  since timestamptz, processed bigint, last_error text, node text)
+			  since timestamptz, processed bigint, last_error text, node text,
+			  partitions text)
 LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'ordflow_status';

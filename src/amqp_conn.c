@@ -32,6 +32,7 @@
 
 #include "amqp_conn.h"
 #include "ordflow.h"
+#include "partitions.h"
 #include "worker_common.h"
 
 #define OF_CONNECT_TIMEOUT_MS	5000
@@ -86,12 +87,17 @@ of_amqp_sigterm(SIGNAL_ARGS)
 static char *
 settings_signature(void)
 {
-	return psprintf("%s|%s|%s|%s|%s|%s|%s|%s|%d|%d|%d",
+	/* with partitions, which of them a consumer holds depends on the last two */
+	bool		partitioned = ordflow_partitions > 1;
+
+	return psprintf("%s|%s|%s|%s|%s|%s|%s|%s|%d|%d|%d|%s|%d",
 					ordflow_amqp_url, ordflow_exchange, ordflow_orders_queue,
 					ordflow_user_events_queue, ordflow_queue_type,
 					ordflow_amqp_tls_ca_file, ordflow_amqp_tls_cert_file,
 					ordflow_amqp_tls_key_file, (int) ordflow_amqp_tls_verify,
-					ordflow_heartbeat, ordflow_prefetch);
+					ordflow_heartbeat, ordflow_prefetch,
+					partitioned ? ordflow_owned_partitions : "",
+					partitioned ? ordflow_consumers : 0);
 }
 
 bool

@@ -12,6 +12,7 @@
 
 #include "amqp_conn.h"
 #include "ordflow.h"
+#include "partitions.h"
 
 void
 of_amqp_reply_error(amqp_rpc_reply_t r, const char *what, char *buf, size_t len)
@@ -162,6 +163,84 @@ declare_dead_queue(OfAmqp *a, char *dead)
 	return true;
 }
 
+static bool
+bind(OfAmqp *a, const char *queue, const char *key, bool unbind)
+{
+	char	   *what = psprintf("%s queue \"%s\" %s \"%s\"", unbind ? "unbinding" : "binding",
+							queue, unbind ? "from" : "to", key);
+	bool		ok;
+
+	if (unbind)
+		amqp_queue_unbind(a->conn, OF_AMQP_CHANNEL, amqp_cstring_bytes(queue),
+						  amqp_cstring_bytes(ordflow_exchange), amqp_cstring_bytes(key),
+						  amqp_empty_table);
+	else
+		amqp_queue_bind(a->conn, OF_AMQP_CHANNEL, amqp_cstring_bytes(queue),
+						amqp_cstring_bytes(ordflow_exchange), amqp_cstring_bytes(key),
+						amqp_empty_table);
+	ok = of_amqp_rpc_ok(a, what);
+	pfree(what);
+	return ok;
+}
+
+static bool
+declare_queue(OfAmqp *a, const char *queue, amqp_table_t args)
+{
+	char	   *what = psprintf("declaring queue \"%s\"", queue);
+	bool		ok;
+
+	amqp_queue_declare(a->conn, OF_AMQP_CHANNEL, amqp_cstring_bytes(queue), 0, 1, 0, 0, args);
+	ok = of_amqp_rpc_ok(a, what);
+	pfree(what);
+	return ok;
+}
+
+/*
+ * The shared queues.  With one partition they take every order and user
+ * event (order.#, user.#).  With more, only what names no partition
+ * (order.created, user.<T>): the binding of the first kind, left by a run
+ * with one partition, is removed, or the shared queue would get a copy of
+ * every partition's messages.
+ */
+static bool
+declare_shared_queues(OfAmqp *a, amqp_table_t args)
+{
+	bool		partitioned = ordflow_partitions > 1;
+
+	return declare_queue(a, ordflow_orders_queue, args) &&
+		bind(a, ordflow_orders_queue, partitioned ? "order.created" : "order.#", false) &&
+		(!partitioned || bind(a, ordflow_orders_queue, "order.#", true)) &&
+		declare_queue(a, ordflow_user_events_queue, args) &&
+		bind(a, ordflow_user_events_queue, partitioned ? "user.*" : "user.#", false) &&
+		(!partitioned || bind(a, ordflow_user_events_queue, "user.#", true));
+}
+
+/*
+ * Every node declares the queue of every partition, held or not, so that
+ * what is published for a partition nobody holds (yet) waits in its queue
+ * rather than being dropped by the exchange.
+ */
+static bool
+declare_partition_queues(OfAmqp *a, amqp_table_t args)
+{
+	for (int p = 0; p < ordflow_partitions && ordflow_partitions > 1; p++)
+	{
+		char	   *queue = psprintf("%s.%d", ordflow_orders_queue, p);
+		char	   *orders = psprintf("order.created.%d", p);
+		char	   *events = psprintf("user.*.%d", p);
+		bool		ok;
+
+		ok = declare_queue(a, queue, args) && bind(a, queue, orders, false) &&
+			bind(a, queue, events, false);
+		pfree(queue);
+		pfree(orders);
+		pfree(events);
+		if (!ok)
+			return false;
+	}
+	return true;
+}
+
 /* Declare the contract's topology; idempotent. */
 bool
 of_amqp_declare_topology(OfAmqp *a)
@@ -188,23 +267,7 @@ of_amqp_declare_topology(OfAmqp *a)
 		return false;
 
 	args = queue_arguments(entries, dlx);
-	amqp_queue_declare(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(ordflow_orders_queue),
-					   0, 1, 0, 0, args);
-	if (!of_amqp_rpc_ok(a, "declaring the orders queue"))
-		return false;
-	amqp_queue_bind(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(ordflow_orders_queue),
-					amqp_cstring_bytes(ordflow_exchange), amqp_cstring_bytes("order.#"),
-					amqp_empty_table);
-	if (!of_amqp_rpc_ok(a, "binding the orders queue"))
-		return false;
-	amqp_queue_declare(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(ordflow_user_events_queue),
-					   0, 1, 0, 0, args);
-	if (!of_amqp_rpc_ok(a, "declaring the user events queue"))
-		return false;
-	amqp_queue_bind(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(ordflow_user_events_queue),
-					amqp_cstring_bytes(ordflow_exchange), amqp_cstring_bytes("user.#"),
-					amqp_empty_table);
-	if (!of_amqp_rpc_ok(a, "binding the user events queue"))
+	if (!declare_shared_queues(a, args) || !declare_partition_queues(a, args))
 		return false;
 	pfree(dlx);
 	pfree(dead);

@@ -33,6 +33,7 @@
 #include "message_batch.h"
 #include "message_reader.h"
 #include "ordflow.h"
+#include "partition_claims.h"
 #include "worker_common.h"
 
 /* Backoff before a failed batch is tried again, message by message. */
@@ -49,14 +50,18 @@ consume(OfAmqp *a, const char *queue, const char *tag)
 	return of_amqp_rpc_ok(a, what);
 }
 
+/* The partitions this consumer holds (ordflow.partitions > 1). */
+static OfClaims claims;
+
 static bool
-start_consuming(OfAmqp *a)
+start_consuming(OfAmqp *a, OfWorkerSlot *slot)
 {
 	amqp_basic_qos(a->conn, OF_AMQP_CHANNEL, 0, (uint16_t) ordflow_prefetch, 0);
 	return of_amqp_rpc_ok(a, "setting the prefetch (basic.qos)") &&
 		consume(a, ordflow_orders_queue, OF_TAG_ORDERS) &&
 		consume(a, ordflow_user_events_queue, OF_TAG_EVENTS) &&
-		consume(a, psprintf("%s.dead", ordflow_exchange), OF_TAG_DEAD);
+		consume(a, psprintf("%s.dead", ordflow_exchange), OF_TAG_DEAD) &&
+		of_claims_start(a, &claims, slot);
 }
 
 /*
@@ -150,7 +155,7 @@ finish_batch(OfAmqp *a, OfWorkerSlot *slot, BatchWork *w)
 {
 	if (of_amqp_ack(a, w->msgs[w->n - 1].delivery_tag))
 		of_slot_add_processed(slot, w->n);
-	if (w->stats.replies > 0)
+	if (w->stats.replies > 0 || w->stats.forwarded > 0)
 		of_wake_slot(OF_SLOT_RELAY);
 	if (w->stats.generated > 0)
 	{
@@ -211,25 +216,29 @@ ensure_consuming(OfAmqp *a, OfWorkerSlot *slot, uint64 *consuming_on)
 	{
 		of_slot_set_connected(slot, false);
 		of_slot_set_node(slot, "");
+		of_slot_set_partitions(slot, "");
 		of_slot_set_error(slot, a->error, a->error_class);
 		of_slot_set_state(slot, "waiting to reconnect to the broker");
 		of_worker_wait(wait_ms);
 		return false;
 	}
-	/* Every new connection, including one after a reload, subscribes again. */
-	if (*consuming_on != a->generation)
+	/*
+	 * Every new connection, including one after a reload, subscribes again;
+	 * an established one tries now and then for partitions it could not
+	 * claim.
+	 */
+	if (*consuming_on == a->generation ? !of_claims_retry(a, &claims, slot)
+		: !start_consuming(a, slot))
 	{
-		if (!start_consuming(a))
-		{
-			/* e.g. an exclusive consumer elsewhere: do not hammer the broker */
-			ereport(LOG, (errmsg("ordflow: %s", a->error)));
-			of_slot_set_error(slot, a->error, a->error_class);
-			of_amqp_disconnect(a, false);
-			of_worker_wait(1000);
-			return false;
-		}
-		*consuming_on = a->generation;
+		/* e.g. an exclusive consumer elsewhere: do not hammer the broker */
+		ereport(LOG, (errmsg("ordflow: %s", a->error)));
+		of_slot_set_error(slot, a->error, a->error_class);
+		of_slot_set_partitions(slot, "");
+		of_amqp_disconnect(a, false);
+		of_worker_wait(1000);
+		return false;
 	}
+	*consuming_on = a->generation;
 	of_slot_set_connected(slot, true);
 	of_slot_set_node(slot, a->node);
 	return true;

@@ -209,8 +209,8 @@ ordflow_status(PG_FUNCTION_ARGS)
 	for (i = 0; i < OF_NUM_SLOTS; i++)
 	{
 		OfWorkerSlot *s = &copy[i];
-		Datum		values[8];
-		bool		nulls[8] = {false};
+		Datum		values[9];
+		bool		nulls[9] = {false};
 		char		namebuf[32];
 
 		if (s->pid == 0)
@@ -233,6 +233,11 @@ ordflow_status(PG_FUNCTION_ARGS)
 			nulls[7] = true;
 		else
 			values[7] = CStringGetTextDatum(s->node);
+		s->partitions[OF_PARTITIONS_LEN - 1] = '\0';
+		if (s->partitions[0] == '\0')
+			nulls[8] = true;
+		else
+			values[8] = CStringGetTextDatum(s->partitions);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	PG_RETURN_VOID();

@@ -28,6 +28,7 @@
 
 #include "amqp_conn.h"
 #include "message_batch.h"
+#include "message_forward.h"
 #include "order_processing.h"
 #include "ordflow.h"
 #include "spi_util.h"
@@ -451,10 +452,16 @@ of_process_batch(OfMessage *msgs, int n, int worker_no, OfBatchStats *stats)
 			dead_letter(m, psprintf("dead-lettered by the broker: %s",
 									m->death_reason ? m->death_reason : "unknown reason"), 0);
 		else if (m->kind == OF_MSG_USER_EVENT)
-			events[nevents++] = m;
+		{
+			of_forward_user_event(m);
+			if (m->outcome == OF_OUT_PENDING)
+				events[nevents++] = m;
+		}
 		else
 		{
 			decode_order(m);
+			if (m->outcome == OF_OUT_PENDING)
+				of_forward_order(m);
 			if (m->outcome == OF_OUT_PENDING)
 				orders[norders++] = m;
 		}
@@ -463,5 +470,6 @@ of_process_batch(OfMessage *msgs, int n, int worker_no, OfBatchStats *stats)
 	of_settle_orders(orders, norders, worker_no, stats);
 	process_user_events(events, nevents);
 	store_replies(msgs, n, stats);
+	of_store_forwards(msgs, n, stats);
 	of_store_dead_letters(msgs, n, stats);
 }

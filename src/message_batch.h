@@ -28,6 +28,7 @@ typedef enum OfOutcome
 								 * whose message_id was applied before */
 	OF_OUT_STALE,				/* our own order, removed by truncate() */
 	OF_OUT_APPLIED,				/* user event applied */
+	OF_OUT_FORWARDED,			/* queued in the outbox for its partition */
 	OF_OUT_DEAD					/* stored in ordflow.dead_letters */
 } OfOutcome;
 
@@ -43,6 +44,8 @@ typedef struct OfMessage
 	bool		redelivered;
 	OfMsgKind	kind;
 	const char *queue;
+	int			partition;		/* of the partition queue it came from; -1:
+								 * a shared queue */
 	char	   *routing_key;
 	char	   *reply_to;
 	bool		reply_to_exact;	/* reply_to needed no escaping */
@@ -62,6 +65,7 @@ typedef struct OfMessage
 	OfOutcome	outcome;
 	char	   *error;			/* why it was dead-lettered */
 	char	   *reply;			/* JSON reply to a user event, for the outbox */
+	char	   *forward_key;	/* OF_OUT_FORWARDED: routing key to publish to */
 } OfMessage;
 
 /* Batch figures, for status() and logs. */
@@ -71,6 +75,7 @@ typedef struct OfBatchStats
 	int			stale;
 	int			dead;
 	int			replies;		/* written to the outbox */
+	int			forwarded;		/* written to the outbox for their partition */
 } OfBatchStats;
 
 extern void of_process_batch(OfMessage *msgs, int n, int worker_no, OfBatchStats *stats);

@@ -229,14 +229,61 @@ read_body(OfAmqp *a, OfMessage *m, uint64 size)
 	return true;
 }
 
-static OfMsgKind
-kind_of(amqp_bytes_t tag)
+static bool
+tag_is(amqp_bytes_t tag, const char *name)
 {
-	if (tag.len == strlen(OF_TAG_EVENTS) && memcmp(tag.bytes, OF_TAG_EVENTS, tag.len) == 0)
-		return OF_MSG_USER_EVENT;
-	if (tag.len == strlen(OF_TAG_DEAD) && memcmp(tag.bytes, OF_TAG_DEAD, tag.len) == 0)
-		return OF_MSG_BROKER_DEAD;
-	return OF_MSG_ORDER;
+	return tag.len == strlen(name) && memcmp(tag.bytes, name, tag.len) == 0;
+}
+
+/* The partition a partition queue's consumer tag names, or -1. */
+static int
+tag_partition(amqp_bytes_t tag)
+{
+	size_t		plen = strlen(OF_TAG_PARTITION);
+	int			p = 0;
+
+	if (tag.len <= plen || tag.len > plen + 4 || memcmp(tag.bytes, OF_TAG_PARTITION, plen) != 0)
+		return -1;
+	for (size_t i = plen; i < tag.len; i++)
+	{
+		char		c = ((char *) tag.bytes)[i];
+
+		if (c < '0' || c > '9')
+			return -1;
+		p = p * 10 + (c - '0');
+	}
+	return p;
+}
+
+/*
+ * What a delivery is, from the queue it came from (its consumer tag): a
+ * partition queue carries both the orders and the user events of its
+ * partition, told apart by the routing key.
+ */
+static void
+classify(amqp_basic_deliver_t *d, OfMessage *m)
+{
+	m->partition = tag_partition(d->consumer_tag);
+	if (m->partition >= 0)
+	{
+		m->kind = strncmp(m->routing_key, "user.", 5) == 0 ? OF_MSG_USER_EVENT : OF_MSG_ORDER;
+		m->queue = psprintf("%s.%d", ordflow_orders_queue, m->partition);
+	}
+	else if (tag_is(d->consumer_tag, OF_TAG_EVENTS))
+	{
+		m->kind = OF_MSG_USER_EVENT;
+		m->queue = ordflow_user_events_queue;
+	}
+	else if (tag_is(d->consumer_tag, OF_TAG_DEAD))
+	{
+		m->kind = OF_MSG_BROKER_DEAD;
+		m->queue = psprintf("%s.dead", ordflow_exchange);
+	}
+	else
+	{
+		m->kind = OF_MSG_ORDER;
+		m->queue = ordflow_orders_queue;
+	}
 }
 
 /* Read the header and body that follow a basic.deliver into m. */
@@ -249,10 +296,7 @@ of_read_message(OfAmqp *a, amqp_basic_deliver_t *d, OfMessage *m)
 	m->delivery_tag = d->delivery_tag;
 	m->redelivered = d->redelivered;
 	m->routing_key = wire_text(d->routing_key);
-	m->kind = kind_of(d->consumer_tag);
-	m->queue = m->kind == OF_MSG_USER_EVENT ? ordflow_user_events_queue :
-		m->kind == OF_MSG_BROKER_DEAD ? psprintf("%s.dead", ordflow_exchange) :
-		ordflow_orders_queue;
+	classify(d, m);
 
 	if (!content_frame(a, &frame))
 		return false;

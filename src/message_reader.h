@@ -16,6 +16,8 @@
 #define OF_TAG_ORDERS		"ordflow-orders"
 #define OF_TAG_EVENTS		"ordflow-user-events"
 #define OF_TAG_DEAD			"ordflow-dead"
+/* ... and OF_TAG_PARTITION followed by the number for a partition queue */
+#define OF_TAG_PARTITION	"ordflow-partition-"
 
 extern bool of_read_message(OfAmqp *a, amqp_basic_deliver_t *d, OfMessage *m);
 extern char *of_wire_text(const void *bytes, size_t len, bool *exact);

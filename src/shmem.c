@@ -109,6 +109,7 @@ of_slot_attach(int slotno, OfWorkerKind kind, int index)
 			slot->last_error[0] = '\0';
 			slot->error_class[0] = '\0';
 			slot->node[0] = '\0';
+			slot->partitions[0] = '\0';
 			claimed = true;
 		}
 		LWLockRelease(OfState->lock);
@@ -160,6 +161,14 @@ of_slot_set_node(OfWorkerSlot *slot, const char *node)
 {
 	LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
 	strlcpy(slot->node, node ? node : "", OF_NODE_LEN);
+	LWLockRelease(OfState->lock);
+}
+
+void
+of_slot_set_partitions(OfWorkerSlot *slot, const char *partitions)
+{
+	LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
+	strlcpy(slot->partitions, partitions ? partitions : "", OF_PARTITIONS_LEN);
 	LWLockRelease(OfState->lock);
 }
 

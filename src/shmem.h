@@ -34,6 +34,7 @@ typedef enum OfWorkerKind
 #define OF_STATE_LEN		64
 #define OF_ERROR_LEN		256
 #define OF_NODE_LEN			128
+#define OF_PARTITIONS_LEN	128
 
 typedef struct OfWorkerSlot
 {
@@ -48,6 +49,7 @@ typedef struct OfWorkerSlot
 	char		last_error[OF_ERROR_LEN];
 	char		error_class[OF_STATE_LEN];	/* last_error without host, port or path */
 	char		node[OF_NODE_LEN];	/* broker host:port connected to, or "" */
+	char		partitions[OF_PARTITIONS_LEN];	/* consumer: partitions it holds, e.g. "0,2" */
 } OfWorkerSlot;
 
 typedef struct OfShared
@@ -76,6 +78,7 @@ extern void of_slot_set_connected(OfWorkerSlot *slot, bool connected);
 extern void of_slot_set_error(OfWorkerSlot *slot, const char *error,
 							  const char *error_class);
 extern void of_slot_set_node(OfWorkerSlot *slot, const char *node);
+extern void of_slot_set_partitions(OfWorkerSlot *slot, const char *partitions);
 extern void of_slot_add_processed(OfWorkerSlot *slot, uint64 n);
 extern void of_wake_slot(int slotno);
 

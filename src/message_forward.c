@@ -1,0 +1,155 @@
+/*-------------------------------------------------------------------------
+ *
+ * message_forward.c
+ *	  Forwarding what outside producers publish without a partition.
+ *
+ * With ordflow.partitions > 1 a node processes only the messages of the
+ * partitions it holds, taken from their queues ordflow.orders.<p>.  An
+ * order published to order.created (no partition) lands in the shared
+ * queue, which every node reads: whichever node takes it writes it to its
+ * outbox, as received, with the routing key of its partition, in the
+ * batch's transaction.  The ack follows the commit, so a crash in between
+ * forwards it twice, and the owner's processing by order_id makes the
+ * second copy a no-op: processed exactly once.  User events that name a
+ * uid go the same way; user.C and events without a uid are applied where
+ * they are received.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+
+#include "message_forward.h"
+#include "partitions.h"
+#include "spi_util.h"
+
+static SPIPlanPtr forward_plan = NULL;
+static const char *forward_sql =
+"INSERT INTO ordflow.outbox (kind, routing_key, raw_body, message_id,"
+"                            correlation_id, reply_to)"
+" SELECT 'forward', * FROM unnest($1::pg_catalog.text[], $2::pg_catalog.bytea[],"
+"        $3::pg_catalog.text[], $4::pg_catalog.text[], $5::pg_catalog.text[])";
+static const Oid forward_types[5] = {TEXTARRAYOID, BYTEAARRAYOID, TEXTARRAYOID,
+TEXTARRAYOID, TEXTARRAYOID};
+
+/* The uid an R, U or D event's condition names, as a partition; -1: none. */
+static SPIPlanPtr event_uid_plan = NULL;
+static const char *event_uid_sql =
+"SELECT ordflow.partition_of((e OPERATOR(pg_catalog.->) 'condition'"
+"                             OPERATOR(pg_catalog.->>) 'uid')::pg_catalog.int8)"
+"  FROM (SELECT $1::pg_catalog.jsonb AS e) AS s"
+" WHERE pg_catalog.jsonb_typeof(e) OPERATOR(pg_catalog.=) 'object'"
+"   AND pg_catalog.upper(e OPERATOR(pg_catalog.->>) 'type') OPERATOR(pg_catalog.<>) 'C'"
+"   AND pg_catalog.jsonb_typeof(e OPERATOR(pg_catalog.->) 'condition') OPERATOR(pg_catalog.=) 'object'"
+"   AND pg_catalog.jsonb_typeof(e OPERATOR(pg_catalog.->) 'condition'"
+"                               OPERATOR(pg_catalog.->) 'uid') OPERATOR(pg_catalog.=) 'number'";
+static const Oid event_uid_types[1] = {TEXTOID};
+
+static bool
+from_shared_queue(const OfMessage *m)
+{
+	return ordflow_partitions > 1 && m->partition < 0;
+}
+
+/* A decoded order from a shared queue goes to its partition's queue. */
+void
+of_forward_order(OfMessage *m)
+{
+	int64		key;
+
+	if (!from_shared_queue(m))
+		return;
+	key = m->order.has_uid ? m->order.uid : m->order.order_id;
+	m->forward_key = psprintf("order.created.%d", of_partition_of(key));
+	m->outcome = OF_OUT_FORWARDED;
+}
+
+typedef struct EventPartition
+{
+	OfMessage  *m;
+	int			partition;
+} EventPartition;
+
+static void
+event_partition(void *arg)
+{
+	EventPartition *ep = arg;
+	Datum		body;
+	bool		isnull;
+	Datum		p;
+
+	body = CStringGetTextDatum(pg_any_to_server(ep->m->body, (int) ep->m->body_len, PG_UTF8));
+	of_run_plan(&event_uid_plan, event_uid_sql, 1, event_uid_types, &body, NULL,
+				SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		return;
+	p = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		ep->partition = DatumGetInt32(p);
+}
+
+/*
+ * A user event from the shared queue that names a uid goes to the queue of
+ * that uid's partition.  One that cannot be read (not JSON, a uid that is
+ * no integer) is left to be applied here, which dead-letters it with the
+ * reason.
+ */
+void
+of_forward_user_event(OfMessage *m)
+{
+	EventPartition ep = {m, -1};
+	ErrorData  *err;
+
+	if (!from_shared_queue(m))
+		return;
+	err = of_run_in_subxact(event_partition, &ep);
+	if (err != NULL)
+	{
+		FreeErrorData(err);
+		return;
+	}
+	if (ep.partition < 0)
+		return;
+	m->forward_key = psprintf("%s.%d", m->routing_key, ep.partition);
+	m->outcome = OF_OUT_FORWARDED;
+}
+
+/* Write the forwarded messages to the outbox, in this transaction. */
+void
+of_store_forwards(OfMessage *msgs, int n, OfBatchStats *stats)
+{
+	ArrayBuildState *a[5];
+	Oid			types[5] = {TEXTOID, BYTEAOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[5];
+	int			count = 0;
+
+	for (int k = 0; k < 5; k++)
+		a[k] = of_array_new(types[k]);
+	for (int i = 0; i < n; i++)
+	{
+		OfMessage  *m = &msgs[i];
+		bytea	   *raw;
+
+		if (m->outcome != OF_OUT_FORWARDED)
+			continue;
+		raw = palloc(VARHDRSZ + m->body_len);
+		SET_VARSIZE(raw, VARHDRSZ + m->body_len);
+		memcpy(VARDATA(raw), m->body, m->body_len);
+		of_array_add_text(a[0], m->forward_key);
+		of_array_add(a[1], PointerGetDatum(raw), false);
+		of_array_add_text(a[2], m->message_id);
+		of_array_add_text(a[3], m->correlation_id);
+		of_array_add_text(a[4], m->reply_to);
+		count++;
+	}
+	if (count == 0)
+		return;
+	stats->forwarded += count;
+	for (int k = 0; k < 5; k++)
+		values[k] = of_array_done(a[k]);
+	of_run_plan(&forward_plan, forward_sql, 5, forward_types, values, NULL, SPI_OK_INSERT);
+}

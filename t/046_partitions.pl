@@ -1,0 +1,245 @@
+
+# uid partitions across two PostgreSQL servers (SPEC "More than one node";
+# issue 9).
+#
+# One broker, ordflow.partitions = 4: node A (node_id 1) owns 0-1, node B
+# (node_id 2) owns 2-3.  Both run the generator and place_order() (also for
+# the other node's users), and an outside producer publishes to
+# order.created (no partition: the shared queue, forwarded by whichever
+# node takes it) and to order.created.<p>.  Every order is processed
+# exactly once, on the node that holds its user; no "unknown user", no dead
+# letter, no order left initialised; ids never collide; balances and
+# metrics() are exact per node.  A third node listing a held partition logs
+# and skips it.  Then partition 1 moves from A to B under load, with the
+# SQL functions the README gives, and nothing is lost.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::RealBin/lib";
+use OrdflowTest;
+use OrdflowInvariants;
+
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $mq = OrdflowTest::start_broker();
+my %conf = (
+	a => "ordflow.node_id = 1\nordflow.owned_partitions = '0-1'",
+	b => "ordflow.node_id = 2\nordflow.owned_partitions = '2-3'");
+my %node;
+for my $n (qw(a b))
+{
+	$node{$n} = OrdflowTest::new_node("part_$n", broker => $mq, consumers => 2,
+		extra => "ordflow.partitions = 4\n$conf{$n}\nlog_statement = none");
+	$node{$n}->safe_psql('postgres', 'CREATE EXTENSION ordflow');
+	$node{$n}->safe_psql('postgres', q{
+		SELECT ordflow.create_user('u' || g, 'l' || g, 1e6) FROM generate_series(1, 20) g});
+}
+my ($A, $B) = @node{qw(a b)};
+my $q = sub { my ($n, $sql) = @_; $n->safe_psql('postgres', $sql) };
+
+# --- uids and holding ----------------------------------------------------
+is($q->($A, q{SELECT string_agg(DISTINCT ordflow.partition_of(uid)::text, ',')
+			   FROM ordflow.users}), '0,1', 'A made uids in its partitions 0-1 only');
+is($q->($B, q{SELECT string_agg(DISTINCT ordflow.partition_of(uid)::text, ',')
+			   FROM ordflow.users}), '2,3', 'B made uids in its partitions 2-3 only');
+is($q->($A, q{SELECT count(*) FROM ordflow.users WHERE uid >> 48 <> 1}), 0,
+	"A's uids carry its node id");
+
+my $held_sql = q{
+	SELECT coalesce(string_agg(p, ',' ORDER BY p::int), '')
+	  FROM ordflow.status(), unnest(string_to_array(partitions, ',')) AS p
+	 WHERE worker LIKE 'consumer %'};
+ok(OrdflowTest::wait_for($A, $held_sql, '0,1', 90), 'A holds partitions 0 and 1 (status().partitions)');
+ok(OrdflowTest::wait_for($B, $held_sql, '2,3', 90), 'B holds partitions 2 and 3');
+is($q->($A, q{SELECT count(DISTINCT partitions) FROM ordflow.status()
+			   WHERE worker LIKE 'consumer %' AND partitions IS NOT NULL}), 2,
+	"A's two consumers share its partitions out");
+for my $p (0 .. 3)
+{
+	ok(defined $mq->queue_stats("ordflow.orders.$p"), "queue ordflow.orders.$p declared");
+	ok(defined $mq->queue_stats("ordflow.owner.$p"), "ownership queue ordflow.owner.$p held");
+}
+
+# --- a third node may not take a held partition --------------------------
+my $C = OrdflowTest::new_node('part_c', broker => $mq,
+	extra => "ordflow.partitions = 4\nordflow.node_id = 3\nordflow.owned_partitions = '0'");
+$C->safe_psql('postgres', 'CREATE EXTENSION ordflow');
+ok(OrdflowTest::wait_for_log($C, 0, qr/ordflow: partition 0 is held by another node; skipping it/, 1, 90),
+	'a third node listing partition 0 logs that another node holds it');
+is($q->($C, $held_sql), '', '... and holds no partition');
+$C->stop;
+
+# --- load on both nodes, from SQL, the generators and outside ------------
+my @users_a = split /,/, $q->($A, q{SELECT string_agg(uid::text, ',' ORDER BY uid) FROM ordflow.users});
+my @users_b = split /,/, $q->($B, q{SELECT string_agg(uid::text, ',' ORDER BY uid) FROM ordflow.users});
+my @all_users = (@users_a, @users_b);
+
+$q->($_, 'SELECT ordflow.start(50)') for ($A, $B);
+# place_order() on each node, half of them for the other node's users
+my %placed;
+for my $pair ([$A, \@users_b], [$B, \@users_a])
+{
+	my ($n, $theirs) = @$pair;
+	my $arr = join(',', @$theirs);
+	push @{ $placed{ $n->name } }, split /,/, $q->($n, qq{
+		SELECT string_agg(ordflow.place_order(u, 1, 'SQL', NULL)::text, ',')
+		  FROM unnest(ARRAY[$arr]::bigint[]) AS u, generate_series(1, 5)});
+	my $own = $q->($n, q{SELECT string_agg(uid::text, ',') FROM ordflow.users});
+	push @{ $placed{ $n->name } }, split /,/, $q->($n, qq{
+		SELECT string_agg(ordflow.place_order(u, 1, 'SQL', NULL)::text, ',')
+		  FROM unnest(ARRAY[$own]::bigint[]) AS u, generate_series(1, 5)});
+}
+is($q->($A, q{SELECT count(*) FROM ordflow.orders WHERE symbol = 'SQL'}), 100,
+	'A keeps the rows of the orders it placed for its own users only');
+
+# outside orders: ids of node 0, uids of both nodes, and some without uid
+my $next_id = 1_000_000;
+my (@shared, @direct);
+for my $i (0 .. 119)
+{
+	my $uid = $all_users[ $i % @all_users ];
+	my $id = $next_id++;
+	my $body = $i % 10 == 9
+	  ? qq({"order_id": $id, "symbol": "NOUID", "quantity": 1})
+	  : qq({"order_id": $id, "uid": $uid, "symbol": "OUTS", "quantity": 1});
+	push @shared, $body;
+}
+for my $i (0 .. 79)
+{
+	my $uid = $all_users[ $i % @all_users ];
+	my $id = $next_id++;
+	push @direct, [ $uid % 4, qq({"order_id": $id, "uid": $uid, "symbol": "OUTP", "quantity": 1}) ];
+}
+$mq->publish_many('order.created', \@shared);
+for my $p (0 .. 3)
+{
+	my @b = map { $_->[1] } grep { $_->[0] == $p } @direct;
+	$mq->publish_many("order.created.$p", \@b) if @b;
+}
+sleep 3;    # the generators run on meanwhile
+
+sub drain_both
+{
+	my ($label) = @_;
+	OrdflowInvariants::stop_and_drain($_, label => "$label, " . $_->name) for ($A, $B);
+}
+
+# every order id exactly once across both nodes, on the holder of its user
+sub exactly_once
+{
+	my ($label, $moved) = @_;
+	my %where;
+	for my $n ($A, $B)
+	{
+		for my $row (split /\n/, $q->($n, q{
+				SELECT order_id || ' ' || coalesce(ordflow.partition_of(uid), -1) || ' ' || status
+				  FROM ordflow.orders}))
+		{
+			my ($id, $p, $status) = split / /, $row;
+			push @{ $where{$id} }, [ $n->name, $p, $status ];
+		}
+	}
+	my @twice = grep { @{ $where{$_} } > 1 } keys %where;
+	is(scalar @twice, 0, "$label: no order id on both nodes") or diag "@twice[0..9]";
+	my @wrong;
+	for my $id (keys %where)
+	{
+		my ($name, $p) = @{ $where{$id}[0] };
+		next if $p < 0;
+		my $holder = $p <= 1 ? 'part_a' : 'part_b';
+		# orders of the moved partition were processed on A before the move
+		next if $moved && $p == 1;
+		push @wrong, "$id:$name:$p" if $name ne $holder;
+	}
+	is(scalar @wrong, 0, "$label: every order processed on the node holding its user")
+	  or diag "@wrong[0..9]";
+	my @missing = grep { !$where{$_} } (1_000_000 .. $next_id - 1),
+	  @{ $placed{part_a} }, @{ $placed{part_b} };
+	is(scalar @missing, 0, "$label: every outside and placed order was processed")
+	  or diag "missing: @missing[0..9]";
+	for my $n ($A, $B)
+	{
+		is($q->($n, q{SELECT count(*) FROM ordflow.orders WHERE notes = 'unknown user'
+						AND uid IS NOT NULL}), 0, "$label: " . $n->name . ': no unknown user');
+	}
+	return;
+}
+
+drain_both('before the move');
+exactly_once('before the move');
+OrdflowInvariants::check($_, 'before the move, ' . $_->name, min_orders => 100) for ($A, $B);
+
+# --- move partition 1 from A to B under load -----------------------------
+$q->($_, 'SELECT ordflow.start(50)') for ($A, $B);
+my $p1_users = $q->($A, q{SELECT count(*) FROM ordflow.users WHERE ordflow.partition_of(uid) = 1});
+# 1. A lets partition 1 go; its queue holds the messages meanwhile
+$q->($A, q{ALTER SYSTEM SET ordflow.owned_partitions = '0'});
+$q->($A, 'SELECT pg_reload_conf()');
+ok(OrdflowTest::wait_for($A, $held_sql, '0', 60), 'A let partition 1 go');
+# orders for partition 1 keep coming while it moves
+my @during;
+for my $i (0 .. 39)
+{
+	my @p1 = grep { $_ % 4 == 1 } @all_users;
+	my $uid = $p1[ $i % @p1 ];
+	my $id = $next_id++;
+	push @during, qq({"order_id": $id, "uid": $uid, "symbol": "MOVE", "quantity": 1});
+}
+$mq->publish_many('order.created', [ @during[0 .. 19] ]);
+$mq->publish_many('order.created.1', [ @during[20 .. 39] ]);
+# 2. export on A, import on B, drop on A
+my $export = $q->($A, 'SELECT ordflow.export_partition(1)');
+my ($rc, $out, $err) = $B->psql('postgres',
+	"SELECT format('%s %s', users, orders) FROM ordflow.import_partition(:'data'::jsonb)",
+	extra_params => [ '-v', "data=$export" ]);
+is($rc, 0, 'import_partition on B') or diag $err;
+like($out, qr/^$p1_users \d+$/, "B imported the $p1_users users of partition 1 ($out)");
+$q->($A, 'SELECT * FROM ordflow.drop_partition(1)');
+is($q->($A, q{SELECT count(*) FROM ordflow.users WHERE ordflow.partition_of(uid) = 1}), 0,
+	'A dropped the users of partition 1');
+# 3. B takes partition 1
+$q->($B, q{ALTER SYSTEM SET ordflow.owned_partitions = '1-3'});
+$q->($B, 'SELECT pg_reload_conf()');
+ok(OrdflowTest::wait_for($B, $held_sql, '1,2,3', 60), 'B holds partition 1 now');
+sleep 2;
+
+drain_both('after the move');
+exactly_once('after the move', 1);
+is($q->($A, qq{SELECT count(*) FROM ordflow.orders WHERE symbol = 'MOVE'}), 0,
+	'no order of the moved partition was processed on A after it let go');
+is($q->($B, qq{SELECT count(*) FROM ordflow.orders WHERE symbol = 'MOVE' AND status <> 'initialised'}),
+	40, 'B processed the 40 orders published for partition 1 during the move');
+for my $n ($A, $B)
+{
+	is($q->($n, 'SELECT count(*) FROM ordflow.dead_letters'), 0, $n->name . ': no dead letter');
+	is($q->($n, q{SELECT count(*) FROM ordflow.orders WHERE status = 'initialised'}), 0,
+		$n->name . ': no order left initialised');
+}
+# balances of the moved users: their orders completed on A before the move
+# and on B after it
+my %spent;
+for my $n ($A, $B)
+{
+	for (split /\n/, $q->($n, q{SELECT uid || ' ' || sum(execution_price) FROM ordflow.orders
+								WHERE status = 'completed' AND ordflow.partition_of(uid) = 1
+								GROUP BY uid}))
+	{
+		my ($u, $s) = split / /;
+		$spent{$u} += $s;
+	}
+}
+my @bad;
+for (split /\n/, $q->($B, q{SELECT uid || ' ' || (credit_limit - credit_balance) FROM ordflow.users
+							 WHERE ordflow.partition_of(uid) = 1}))
+{
+	my ($u, $used) = split / /;
+	push @bad, "$u: $used vs " . ($spent{$u} // 0) if abs($used - ($spent{$u} // 0)) > 1e-9;
+}
+is(scalar @bad, 0, 'moved users: balance = limit - completed on A and on B') or diag "@bad";
+
+$_->stop for ($A, $B);
+$mq->stop;
+done_testing();
