@@ -206,7 +206,7 @@ define_pipeline_settings(void)
 							&ordflow_partitions, 1, 1, OF_MAX_PARTITIONS,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("ordflow.owned_partitions",
-							   "uid partitions this node holds: all, or a list such as 0-3,8.",
+							   "uid partitions this node holds: all, none, or a list such as 0-3,8.",
 							   NULL, &ordflow_owned_partitions, "all",
 							   PGC_SIGHUP, 0, of_check_owned_partitions,
 							   of_assign_owned_partitions, NULL);

@@ -62,8 +62,9 @@ skip_spaces(const char **p)
 }
 
 /*
- * "all", or a comma-separated list of partitions and ranges lo-hi, each
- * below ordflow.partitions (defined before this setting, and fixed at
+ * "all", "none" (or empty: a node that holds nothing yet), or a
+ * comma-separated list of partitions and ranges lo-hi, each below
+ * ordflow.partitions (defined before this setting, and fixed at
  * server start, so known here).
  */
 bool
@@ -84,6 +85,11 @@ of_check_owned_partitions(char **newval, void **extra, GucSource source)
 	if (pg_strcasecmp(p, "all") == 0)
 	{
 		result->all = true;
+		*extra = result;
+		return true;
+	}
+	if (*p == '\0' || pg_strcasecmp(p, "none") == 0)
+	{
 		*extra = result;
 		return true;
 	}
@@ -123,7 +129,7 @@ of_check_owned_partitions(char **newval, void **extra, GucSource source)
 			break;
 		p++;
 	}
-	GUC_check_errdetail("The value is \"all\" or a comma-separated list of partitions and ranges, such as \"0-3,8\".");
+	GUC_check_errdetail("The value is \"all\", \"none\" or a comma-separated list of partitions and ranges, such as \"0-3,8\".");
 	free(result);
 	return false;
 }
