@@ -22,6 +22,9 @@ REVOKE ALL ON FUNCTION ordflow._wake_relay_at_commit() FROM PUBLIC;
 --                 with the reply_to queue as routing key
 --   kind 'retry': a dead letter re-driven by retry_dead_letters(), its
 --                 stored body published as it was received
+--   kind 'forward': an order or user event a consumer took from a shared
+--                 queue and hands on to its partition (routing key
+--                 order.created.<p> or user.<T>.<p>), published as received
 -- ---------------------------------------------------------------------------
 
 ALTER TABLE ordflow.outbox
@@ -32,7 +35,7 @@ ALTER TABLE ordflow.outbox
 	ADD COLUMN message_id text,
 	ADD COLUMN reply_to text,
 	ADD COLUMN raw_body bytea,
-	ADD CONSTRAINT outbox_kind CHECK (kind IN ('order', 'reply', 'retry')),
+	ADD CONSTRAINT outbox_kind CHECK (kind IN ('order', 'reply', 'retry', 'forward')),
 	ADD CONSTRAINT outbox_one_body CHECK ((payload IS NULL) <> (raw_body IS NULL)),
 	ADD CONSTRAINT outbox_order_has_id CHECK (kind <> 'order' OR order_id IS NOT NULL);
 
@@ -276,6 +279,13 @@ LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT coalesce(pg_catalog.current_setting('ordflow.node_id', true), '0')::pg_catalog.int8 $$;
 
+-- ordflow.partitions, also PGC_POSTMASTER; NULL (not loaded) counts as 1.
+CREATE FUNCTION ordflow._partitions()
+RETURNS int
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT coalesce(pg_catalog.current_setting('ordflow.partitions', true), '1')::pg_catalog.int4 $$;
+
 ALTER SEQUENCE ordflow.order_id_seq MAXVALUE 281474976710655;
 ALTER TABLE ordflow.orders ALTER COLUMN order_id
 	SET DEFAULT (ordflow._node_id() OPERATOR(pg_catalog.<<) 48)
@@ -297,9 +307,47 @@ BEGIN
 	PERFORM pg_catalog.setval('ordflow.users_uid_seq', last_val, called);
 END
 $$;
-ALTER TABLE ordflow.users ALTER COLUMN uid
-	SET DEFAULT (ordflow._node_id() OPERATOR(pg_catalog.<<) 48)
-		OPERATOR(pg_catalog.+) pg_catalog.nextval('ordflow.users_uid_seq');
+
+-- A new uid: node_id << 48 plus the sequence (1, 2, 3, ... on node 0 with
+-- one partition), drawing again while the result falls in a partition
+-- this node does not hold (ordflow.owned_partitions), so a node creates
+-- users only in its own partitions.  Every value is drawn from the
+-- sequence, never computed ahead: a change of owned_partitions can never
+-- hand out a uid twice.  At most ordflow.partitions draws.
+-- (partition_of() and _owned_partitions() are created further down;
+-- PL/pgSQL looks them up when it runs.)
+CREATE FUNCTION ordflow._new_uid()
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	base  bigint := ordflow._node_id() << 48;
+	parts int := ordflow._partitions();
+	owned int[];
+	u     bigint;
+BEGIN
+	u := base + nextval('ordflow.users_uid_seq');
+	IF parts = 1 THEN
+		RETURN u;
+	END IF;
+	owned := ordflow._owned_partitions();
+	IF cardinality(owned) = 0 THEN
+		RAISE EXCEPTION 'this node holds no uid partition, so it cannot create users'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Set ordflow.owned_partitions to the partitions this node holds, or create the user on a node that holds some.';
+	END IF;
+	WHILE NOT ordflow.partition_of(u) = ANY (owned) LOOP
+		u := base + nextval('ordflow.users_uid_seq');
+	END LOOP;
+	RETURN u;
+END
+$$;
+-- Executable by PUBLIC, like the default it is: whoever may insert users
+-- (create_user() runs with the caller's rights, the user events role
+-- included) evaluates it, and it needs the right to draw from the sequence.
+
+ALTER TABLE ordflow.users ALTER COLUMN uid SET DEFAULT ordflow._new_uid();
 -- A restored database must not hand out uids again.
 SELECT pg_catalog.pg_extension_config_dump('ordflow.users_uid_seq', '');
 
@@ -512,6 +560,8 @@ DECLARE
 	all_i     int[] := '{}';	-- the elements placed so far
 	all_id    bigint[] := '{}';	-- and their order ids
 	node      bigint;
+	parts     int;
+	owned     int[];
 	placed    record;
 BEGIN
 	IF orders IS NULL THEN
@@ -568,6 +618,11 @@ BEGIN
 	-- SET clause, so never inlined) evaluated once instead of per row.
 	-- 11_place_orders checks that the default is still this expression.
 	node := ordflow._node_id();
+	-- Evaluated once too.  An element whose partition (of its uid, or of
+	-- its order_id without uid) another node holds gets only its outbox
+	-- row: the owner makes the order's row when it consumes the message.
+	parts := ordflow._partitions();
+	owned := ordflow._owned_partitions();
 
 	-- Each round draws an id for every element still without an order
 	-- (all of them in the first), inserts, and hands the elements whose id
@@ -581,12 +636,16 @@ BEGIN
 		-- could pick a nested loop for 100,000 rows).
 		EXECUTE $q$
 			WITH drawn AS MATERIALIZED (
-				SELECT s.*, ($6 << 48) + nextval('ordflow.order_id_seq') AS id
-				  FROM unnest($1, $2, $3, $4, $5) AS s(i, uid, amount, symbol, qty)
+				SELECT t.*,
+					   $7 = 1 OR ordflow.partition_of(coalesce(t.uid, t.id)) = ANY ($8) AS here
+				  FROM (SELECT s.*, ($6 << 48) + nextval('ordflow.order_id_seq') AS id
+						  FROM unnest($1, $2, $3, $4, $5) AS s(i, uid, amount, symbol, qty)
+						OFFSET 0) AS t		-- one id per element
 			), o AS (
 				INSERT INTO ordflow.orders AS o (order_id, uid, amount, symbol, quantity, source)
 				SELECT d.id, d.uid, d.amount, d.symbol, d.qty, 'sql'
 				  FROM drawn AS d
+				 WHERE d.here
 				 ORDER BY d.i
 				ON CONFLICT (order_id) DO NOTHING
 				RETURNING o.order_id, o.uid, o.amount, o.symbol, o.quantity, o.created_at
@@ -597,22 +656,26 @@ BEGIN
 				 ORDER BY o.order_id
 			), ob AS (
 				INSERT INTO ordflow.outbox (order_id, routing_key, payload)
-				SELECT o.order_id, 'order.created',
-					   ordflow._order_payload(o.order_id, o.uid, o.symbol,
-											  o.quantity, o.amount, o.created_at)
-				  FROM o
-				 ORDER BY o.order_id
+				SELECT m.order_id, ordflow._order_routing_key(m.uid, m.order_id, $7),
+					   ordflow._order_payload(m.order_id, m.uid, m.symbol,
+											  m.quantity, m.amount, m.created_at)
+				  FROM (SELECT o.* FROM o
+						UNION ALL
+						SELECT d.id, d.uid, d.amount, d.symbol, d.qty, clock_timestamp()
+						  FROM drawn AS d
+						 WHERE NOT d.here) AS m
+				 ORDER BY m.order_id
 			)
-			SELECT array_agg(d.i) FILTER (WHERE o.order_id IS NOT NULL) AS placed_i,
-				   array_agg(d.id) FILTER (WHERE o.order_id IS NOT NULL) AS placed_id,
-				   array_agg(d.i) FILTER (WHERE o.order_id IS NULL) AS i,
-				   array_agg(d.uid) FILTER (WHERE o.order_id IS NULL) AS uid,
-				   array_agg(d.amount) FILTER (WHERE o.order_id IS NULL) AS amount,
-				   array_agg(d.symbol) FILTER (WHERE o.order_id IS NULL) AS symbol,
-				   array_agg(d.qty) FILTER (WHERE o.order_id IS NULL) AS qty
+			SELECT array_agg(d.i) FILTER (WHERE o.order_id IS NOT NULL OR NOT d.here) AS placed_i,
+				   array_agg(d.id) FILTER (WHERE o.order_id IS NOT NULL OR NOT d.here) AS placed_id,
+				   array_agg(d.i) FILTER (WHERE o.order_id IS NULL AND d.here) AS i,
+				   array_agg(d.uid) FILTER (WHERE o.order_id IS NULL AND d.here) AS uid,
+				   array_agg(d.amount) FILTER (WHERE o.order_id IS NULL AND d.here) AS amount,
+				   array_agg(d.symbol) FILTER (WHERE o.order_id IS NULL AND d.here) AS symbol,
+				   array_agg(d.qty) FILTER (WHERE o.order_id IS NULL AND d.here) AS qty
 			  FROM drawn AS d LEFT JOIN o ON o.order_id = d.id$q$
 			INTO placed
-			USING idx, uids, amounts, symbols, qtys, node;
+			USING idx, uids, amounts, symbols, qtys, node, parts, owned;
 
 		all_i := all_i || placed.placed_i;
 		all_id := all_id || placed.placed_id;
@@ -647,3 +710,507 @@ RETURNS int[]
 LANGUAGE c STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'ordflow_owned_partition_list';
+
+-- ---------------------------------------------------------------------------
+-- Orders by partition: the routing key, and placement on the node that
+-- holds the order's partition
+-- ---------------------------------------------------------------------------
+
+-- The routing key of an order: order.created with one partition, else
+-- order.created.<partition of its uid, or of its order_id without uid>.
+-- partitions is ordflow._partitions(), which the callers evaluate once per
+-- statement.  A single expression without SET clause, so the planner
+-- inlines it into the set-wise inserts (like _order_payload()); hence
+-- every name is schema-qualified.
+CREATE FUNCTION ordflow._order_routing_key(uid bigint, order_id bigint, partitions int)
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+	SELECT CASE WHEN $3 OPERATOR(pg_catalog.=) 1 THEN 'order.created'
+		   ELSE 'order.created.' OPERATOR(pg_catalog.||)
+				ordflow.partition_of(COALESCE($1, $2))::pg_catalog.text END
+$$;
+
+-- As in 1.0, plus partitions: an order whose partition another node holds
+-- (ordflow.owned_partitions) gets only its outbox row, to
+-- order.created.<p>; the owner makes its row and its 'initialised' event
+-- when it consumes the message, as for an outside order.  Otherwise it
+-- would stay 'initialised' here for ever.  Without uid, the partition is
+-- the order_id's, so the id is drawn first (as the column default draws
+-- it).  With one partition, exactly the 1.0 statements.
+CREATE OR REPLACE FUNCTION ordflow.place_order(uid bigint DEFAULT NULL,
+											   amount numeric DEFAULT NULL,
+											   symbol text DEFAULT NULL,
+											   quantity int DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	new_id  bigint;
+	created timestamptz;
+	parts   int := ordflow._partitions();
+	owned   int[];
+BEGIN
+	IF place_order.amount IS NULL AND place_order.quantity IS NULL THEN
+		RAISE EXCEPTION 'an order needs an amount or a quantity'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- NaN is greater than every number, Infinity greater than 1e15.
+	IF NOT (place_order.amount > 0 AND place_order.amount <= 1e15) THEN
+		RAISE EXCEPTION 'invalid amount: %', ordflow._brief(place_order.amount::text)
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'The amount must be greater than 0 and at most 1e15.';
+	END IF;
+	-- The consumer reads at most 63 characters of amount text: refuse here
+	-- what it would dead-letter (e.g. 1e-100 or 5.000... written in full).
+	IF char_length(place_order.amount::text) > 63 THEN
+		RAISE EXCEPTION 'invalid amount: % has more than 63 characters', ordflow._brief(place_order.amount::text)
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Round the amount: it is published as a JSON number of at most 63 characters.';
+	END IF;
+	IF place_order.quantity < 1 THEN
+		RAISE EXCEPTION 'invalid quantity: %', place_order.quantity
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'The quantity must be at least 1.';
+	END IF;
+	IF char_length(place_order.symbol) NOT BETWEEN 1 AND 12 THEN
+		RAISE EXCEPTION 'invalid symbol: %', ordflow._brief(pg_catalog.to_json(place_order.symbol)::text)
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'The symbol must have 1 to 12 characters.';
+	END IF;
+
+	-- Outside producers choose their own ids; skip any they already took.
+	IF parts = 1 THEN
+		LOOP
+			INSERT INTO ordflow.orders AS o (uid, amount, symbol, quantity, source)
+			VALUES (place_order.uid, place_order.amount, place_order.symbol,
+					place_order.quantity, 'sql')
+			ON CONFLICT (order_id) DO NOTHING
+			RETURNING o.order_id, o.created_at INTO new_id, created;
+			EXIT WHEN FOUND;
+		END LOOP;
+	ELSE
+		owned := ordflow._owned_partitions();
+		LOOP
+			new_id := (ordflow._node_id() << 48) + nextval('ordflow.order_id_seq');
+			IF NOT ordflow.partition_of(coalesce(place_order.uid, new_id)) = ANY (owned) THEN
+				INSERT INTO ordflow.outbox (order_id, routing_key, payload)
+				VALUES (new_id, ordflow._order_routing_key(place_order.uid, new_id, parts),
+						ordflow._order_payload(new_id, place_order.uid, place_order.symbol,
+											   place_order.quantity, place_order.amount,
+											   clock_timestamp()));
+				PERFORM ordflow._wake_relay_at_commit();
+				RETURN new_id;
+			END IF;
+			INSERT INTO ordflow.orders AS o (order_id, uid, amount, symbol, quantity, source)
+			VALUES (new_id, place_order.uid, place_order.amount, place_order.symbol,
+					place_order.quantity, 'sql')
+			ON CONFLICT (order_id) DO NOTHING
+			RETURNING o.created_at INTO created;
+			EXIT WHEN FOUND;
+		END LOOP;
+	END IF;
+
+	INSERT INTO ordflow.order_events (order_id, uid, status, amount)
+	VALUES (new_id, place_order.uid, 'initialised', place_order.amount);
+
+	INSERT INTO ordflow.outbox (order_id, routing_key, payload)
+	VALUES (new_id, ordflow._order_routing_key(place_order.uid, new_id, parts),
+			ordflow._order_payload(new_id, place_order.uid, place_order.symbol,
+								   place_order.quantity, place_order.amount, created));
+
+	PERFORM ordflow._wake_relay_at_commit();
+	RETURN new_id;
+END
+$$;
+
+-- ---------------------------------------------------------------------------
+-- Moving a partition to another node (README, "Running on more than one
+-- node"): on the old owner, remove p from ordflow.owned_partitions and
+-- reload; export_partition(p); on the new owner, import_partition() while
+-- p is not yet in its owned_partitions, then add it there and reload; on
+-- the old owner, drop_partition(p).  Messages for p wait in its queue
+-- meanwhile.  Superuser only unless granted, like the other control
+-- functions.
+-- ---------------------------------------------------------------------------
+
+-- Raises 22004/22023 unless p is a partition number (0 .. partitions - 1),
+-- and 55000 if this node holds it: "what" says what was refused.
+CREATE FUNCTION ordflow._partition_not_owned(p int, what text)
+RETURNS void
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF p IS NULL THEN
+		RAISE EXCEPTION 'the partition must not be NULL'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF p < 0 OR p >= ordflow._partitions() THEN
+		RAISE EXCEPTION 'partition % does not exist', p
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('ordflow.partitions is %s, so partitions are 0 to %s.',
+								  ordflow._partitions(), ordflow._partitions() - 1);
+	END IF;
+	IF p = ANY (ordflow._owned_partitions()) THEN
+		RAISE EXCEPTION 'cannot % partition %: this node holds it', what, p
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('ordflow.owned_partitions is "%s".',
+								  current_setting('ordflow.owned_partitions', true)),
+				  HINT = CASE what
+					WHEN 'import' THEN 'Import a partition before this node takes it: remove it from ordflow.owned_partitions, reload, import, then add it again and reload.'
+					ELSE 'Remove the partition from ordflow.owned_partitions (ALTER SYSTEM SET ordflow.owned_partitions = ...) and SELECT pg_reload_conf() first.'
+				  END;
+	END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION ordflow._partition_not_owned(int, text) FROM PUBLIC;
+
+-- The users of partition p and its unfinished orders ('initialised': of
+-- its users, or without uid, of order_ids in p), as
+-- {"partitions": P, "partition": p, "users": [...], "orders": [...]}, rows
+-- as to_jsonb() writes them.  Refused while this node holds p.  The rows
+-- are locked FOR UPDATE, orders first and then users, like a consumer's
+-- batch: one still in flight here is waited for, so it is either in the
+-- export or done.
+CREATE FUNCTION ordflow.export_partition(p int)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	o jsonb;
+	u jsonb;
+BEGIN
+	PERFORM ordflow._partition_not_owned(p, 'export');
+
+	SELECT coalesce(jsonb_agg(to_jsonb(x) ORDER BY x.order_id), '[]')
+	  INTO o
+	  FROM (SELECT r.*
+			  FROM ordflow.orders AS r
+			 WHERE r.status = 'initialised'
+			   AND ordflow.partition_of(coalesce(r.uid, r.order_id)) = p
+			 ORDER BY r.order_id
+			   FOR UPDATE) AS x;
+	SELECT coalesce(jsonb_agg(to_jsonb(x) ORDER BY x.uid), '[]')
+	  INTO u
+	  FROM (SELECT r.*
+			  FROM ordflow.users AS r
+			 WHERE ordflow.partition_of(r.uid) = p
+			 ORDER BY r.uid
+			   FOR UPDATE) AS x;
+
+	RETURN jsonb_build_object('partitions', ordflow._partitions(), 'partition', p,
+							  'users', u, 'orders', o);
+END
+$$;
+
+-- A timestamptz from JSON, or NULL if v is no string of a finite one.
+CREATE FUNCTION ordflow._import_timestamptz(v jsonb)
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t timestamptz;
+BEGIN
+	IF jsonb_typeof(v) <> 'string' THEN
+		RETURN NULL;
+	END IF;
+	t := (v #>> '{}')::timestamptz;
+	RETURN CASE WHEN isfinite(t) THEN t END;
+EXCEPTION WHEN data_exception THEN
+	RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION ordflow._import_timestamptz(jsonb) FROM PUBLIC;
+
+-- A JSON number that is an integer in lo..hi, as numeric; else NULL.
+CREATE FUNCTION ordflow._import_int(v jsonb, lo numeric, hi numeric)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT n FROM (SELECT CASE WHEN jsonb_typeof(v) = 'number' THEN v::numeric END AS n) AS s
+	 WHERE n = trunc(n) AND n BETWEEN lo AND hi
+$$;
+REVOKE ALL ON FUNCTION ordflow._import_int(jsonb, numeric, numeric) FROM PUBLIC;
+
+-- The first problem of one exported user (for import_partition()), or NULL.
+CREATE FUNCTION ordflow._import_user_check(v jsonb, p int)
+RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	keys  constant text[] := '{uid,name,lname,credit_limit,credit_balance,created_at,updated_at}';
+	uid   numeric;
+	lim   numeric;
+	bal   numeric;
+BEGIN
+	IF jsonb_typeof(v) <> 'object' THEN
+		RETURN 'must be a JSON object, not ' || jsonb_typeof(v);
+	ELSIF (v - keys) <> '{}' THEN
+		RETURN 'unknown key ' || (SELECT ordflow._brief(to_json(min(k))::text)
+									FROM jsonb_object_keys(v - keys) AS k);
+	ELSIF NOT v ?& keys THEN
+		RETURN 'a user needs the keys ' || array_to_string(keys, ', ');
+	END IF;
+	uid := ordflow._import_int(v -> 'uid', -9223372036854775808, 9223372036854775807);
+	IF uid IS NULL THEN
+		RETURN 'invalid uid: ' || ordflow._brief((v -> 'uid')::text);
+	ELSIF ordflow.partition_of(uid::bigint) <> p THEN
+		RETURN format('uid %s is in partition %s, not %s', uid, ordflow.partition_of(uid::bigint), p);
+	ELSIF jsonb_typeof(v -> 'name') <> 'string' THEN
+		RETURN 'name must be a JSON string, not ' || jsonb_typeof(v -> 'name');
+	ELSIF jsonb_typeof(v -> 'lname') <> 'string' THEN
+		RETURN 'lname must be a JSON string, not ' || jsonb_typeof(v -> 'lname');
+	ELSIF jsonb_typeof(v -> 'credit_limit') <> 'number' THEN
+		RETURN 'credit_limit must be a JSON number, not ' || jsonb_typeof(v -> 'credit_limit');
+	ELSIF jsonb_typeof(v -> 'credit_balance') <> 'number' THEN
+		RETURN 'credit_balance must be a JSON number, not ' || jsonb_typeof(v -> 'credit_balance');
+	END IF;
+	lim := (v -> 'credit_limit')::numeric;
+	bal := (v -> 'credit_balance')::numeric;
+	IF NOT (lim >= 0 AND lim <= 1e15) THEN
+		RETURN 'credit_limit must be between 0 and 1e15, got ' || ordflow._brief(lim::text);
+	ELSIF NOT (bal >= 0 AND bal <= lim) THEN
+		RETURN 'credit_balance must be between 0 and credit_limit, got ' || ordflow._brief(bal::text);
+	ELSIF ordflow._import_timestamptz(v -> 'created_at') IS NULL THEN
+		RETURN 'created_at must be a timestamp string, got ' || ordflow._brief((v -> 'created_at')::text);
+	ELSIF ordflow._import_timestamptz(v -> 'updated_at') IS NULL THEN
+		RETURN 'updated_at must be a timestamp string, got ' || ordflow._brief((v -> 'updated_at')::text);
+	END IF;
+	RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION ordflow._import_user_check(jsonb, int) FROM PUBLIC;
+
+-- The first problem of one exported order (for import_partition()), or
+-- NULL: an unfinished order of partition p, as export_partition() writes
+-- it, that place_order() could have made.
+CREATE FUNCTION ordflow._import_order_check(v jsonb, p int)
+RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	keys  constant text[] := '{order_id,uid,symbol,quantity,amount,status,execution_price,notes,created_at,processed_at,source}';
+	id    numeric;
+	uid   numeric;
+	amt   numeric;
+BEGIN
+	IF jsonb_typeof(v) <> 'object' THEN
+		RETURN 'must be a JSON object, not ' || jsonb_typeof(v);
+	ELSIF (v - keys) <> '{}' THEN
+		RETURN 'unknown key ' || (SELECT ordflow._brief(to_json(min(k))::text)
+									FROM jsonb_object_keys(v - keys) AS k);
+	ELSIF NOT v ?& keys THEN
+		RETURN 'an order needs the keys ' || array_to_string(keys, ', ');
+	END IF;
+	id := ordflow._import_int(v -> 'order_id', -9223372036854775808, 9223372036854775807);
+	uid := ordflow._import_int(v -> 'uid', -9223372036854775808, 9223372036854775807);
+	IF id IS NULL THEN
+		RETURN 'invalid order_id: ' || ordflow._brief((v -> 'order_id')::text);
+	ELSIF uid IS NULL AND jsonb_typeof(v -> 'uid') <> 'null' THEN
+		RETURN 'invalid uid: ' || ordflow._brief((v -> 'uid')::text);
+	ELSIF ordflow.partition_of(coalesce(uid, id)::bigint) <> p THEN
+		RETURN format('order %s is in partition %s, not %s', id,
+					  ordflow.partition_of(coalesce(uid, id)::bigint), p);
+	ELSIF v -> 'status' IS DISTINCT FROM '"initialised"' THEN
+		RETURN 'status must be "initialised", not ' || ordflow._brief((v -> 'status')::text);
+	ELSIF jsonb_typeof(v -> 'execution_price') <> 'null' THEN
+		RETURN 'execution_price must be null in an unfinished order';
+	ELSIF jsonb_typeof(v -> 'processed_at') <> 'null' THEN
+		RETURN 'processed_at must be null in an unfinished order';
+	ELSIF jsonb_typeof(v -> 'notes') NOT IN ('string', 'null') THEN
+		RETURN 'notes must be a JSON string or null, not ' || jsonb_typeof(v -> 'notes');
+	ELSIF jsonb_typeof(v -> 'symbol') NOT IN ('string', 'null') THEN
+		RETURN 'symbol must be a JSON string or null, not ' || jsonb_typeof(v -> 'symbol');
+	ELSIF char_length(v ->> 'symbol') NOT BETWEEN 1 AND 12 THEN
+		RETURN 'invalid symbol: ' || ordflow._brief((v -> 'symbol')::text);
+	ELSIF jsonb_typeof(v -> 'quantity') <> 'null'
+		  AND ordflow._import_int(v -> 'quantity', 1, 2147483647) IS NULL THEN
+		RETURN 'invalid quantity: ' || ordflow._brief((v -> 'quantity')::text);
+	ELSIF jsonb_typeof(v -> 'amount') NOT IN ('number', 'null') THEN
+		RETURN 'amount must be a JSON number or null, not ' || jsonb_typeof(v -> 'amount');
+	ELSIF jsonb_typeof(v -> 'amount') = 'null' AND jsonb_typeof(v -> 'quantity') = 'null' THEN
+		RETURN 'an order needs an amount or a quantity';
+	END IF;
+	amt := (v ->> 'amount')::numeric;
+	IF NOT (amt > 0 AND amt <= 1e15) OR char_length(amt::text) > 63 THEN
+		RETURN 'invalid amount: ' || ordflow._brief(amt::text);
+	ELSIF ordflow._import_timestamptz(v -> 'created_at') IS NULL THEN
+		RETURN 'created_at must be a timestamp string, got ' || ordflow._brief((v -> 'created_at')::text);
+	ELSIF v ->> 'source' IS NULL OR jsonb_typeof(v -> 'source') <> 'string'
+		  OR v ->> 'source' NOT IN ('sql', 'generator', 'broker') THEN
+		RETURN 'source must be "sql", "generator" or "broker", not ' || ordflow._brief((v -> 'source')::text);
+	END IF;
+	RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION ordflow._import_order_check(jsonb, int) FROM PUBLIC;
+
+-- Imports what export_partition() wrote on another node (or on this one):
+-- users inserted, or updated to the exported values if the uid exists;
+-- orders inserted with their 'initialised' event unless the order_id
+-- exists.  Everything is checked first (hostile input: the first bad
+-- element is named, 22023, and nothing is written).  Refused while this
+-- node holds the partition: its queue would be consumed before its users
+-- are here.  Returns how many users were written and orders inserted.
+-- (The ids keep the exporting node's prefix, so they cannot collide with
+-- the ids this node's sequences make.)
+CREATE FUNCTION ordflow.import_partition(data jsonb)
+RETURNS TABLE(users bigint, orders bigint)
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	keys constant text[] := '{partitions,partition,users,orders}';
+	p    int;
+	bad  record;
+BEGIN
+	IF data IS NULL THEN
+		RAISE EXCEPTION 'data must not be NULL'
+			USING ERRCODE = 'null_value_not_allowed',
+				  HINT = 'Pass what export_partition() returned.';
+	END IF;
+	IF jsonb_typeof(data) <> 'object' OR NOT data ?& keys OR (data - keys) <> '{}' THEN
+		RAISE EXCEPTION 'data must be a JSON object with exactly the keys partitions, partition, users and orders'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Pass what export_partition() returned.';
+	END IF;
+	IF ordflow._import_int(data -> 'partitions', 1, 1024) IS DISTINCT FROM ordflow._partitions() THEN
+		RAISE EXCEPTION 'data was exported with % partitions, this node has %',
+			ordflow._brief((data -> 'partitions')::text), ordflow._partitions()
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'ordflow.partitions must be the same on every node.';
+	END IF;
+	p := ordflow._import_int(data -> 'partition', 0, ordflow._partitions() - 1);
+	IF p IS NULL THEN
+		RAISE EXCEPTION 'invalid partition: %', ordflow._brief((data -> 'partition')::text)
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM ordflow._partition_not_owned(p, 'import');
+	IF jsonb_typeof(data -> 'users') <> 'array' OR jsonb_typeof(data -> 'orders') <> 'array' THEN
+		RAISE EXCEPTION 'users and orders must be JSON arrays'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+
+	SELECT e.i - 1 AS i, c.msg INTO bad
+	  FROM jsonb_array_elements(data -> 'users') WITH ORDINALITY AS e(v, i),
+		   LATERAL (SELECT ordflow._import_user_check(e.v, p) AS msg) AS c
+	 WHERE c.msg IS NOT NULL
+	 ORDER BY e.i
+	 LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'users[%]: %', bad.i, bad.msg
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT e.i - 1 AS i, c.msg INTO bad
+	  FROM jsonb_array_elements(data -> 'orders') WITH ORDINALITY AS e(v, i),
+		   LATERAL (SELECT ordflow._import_order_check(e.v, p) AS msg) AS c
+	 WHERE c.msg IS NOT NULL
+	 ORDER BY e.i
+	 LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'orders[%]: %', bad.i, bad.msg
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT min(d.k) AS k INTO bad
+	  FROM (SELECT e.v -> 'uid' AS k FROM jsonb_array_elements(data -> 'users') AS e(v)
+			 GROUP BY 1 HAVING count(*) > 1) AS d;
+	IF bad.k IS NOT NULL THEN
+		RAISE EXCEPTION 'uid % appears more than once in users', bad.k
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT min(d.k) AS k INTO bad
+	  FROM (SELECT e.v -> 'order_id' AS k FROM jsonb_array_elements(data -> 'orders') AS e(v)
+			 GROUP BY 1 HAVING count(*) > 1) AS d;
+	IF bad.k IS NOT NULL THEN
+		RAISE EXCEPTION 'order_id % appears more than once in orders', bad.k
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+
+	-- orders before users, each in key order, as a consumer's batch locks;
+	-- integers through numeric, which reads 1.0 and 1e3 too
+	WITH o AS (
+		INSERT INTO ordflow.orders AS o (order_id, uid, symbol, quantity, amount, status,
+										 notes, created_at, source)
+		SELECT (e.v ->> 'order_id')::numeric::bigint, (e.v ->> 'uid')::numeric::bigint, e.v ->> 'symbol',
+			   (e.v ->> 'quantity')::numeric::int, (e.v ->> 'amount')::numeric, 'initialised',
+			   e.v ->> 'notes', (e.v ->> 'created_at')::timestamptz, e.v ->> 'source'
+		  FROM jsonb_array_elements(data -> 'orders') AS e(v)
+		 ORDER BY 1
+		ON CONFLICT (order_id) DO NOTHING
+		RETURNING o.order_id, o.uid, o.amount, o.created_at
+	), ev AS (
+		INSERT INTO ordflow.order_events (order_id, uid, status, event_time, amount)
+		SELECT o.order_id, o.uid, 'initialised', o.created_at, o.amount
+		  FROM o
+		 ORDER BY o.order_id
+	)
+	SELECT count(*) INTO import_partition.orders FROM o;
+
+	INSERT INTO ordflow.users AS u (uid, name, lname, credit_limit, credit_balance,
+									created_at, updated_at)
+	SELECT (e.v ->> 'uid')::numeric::bigint, e.v ->> 'name', e.v ->> 'lname',
+		   (e.v ->> 'credit_limit')::numeric, (e.v ->> 'credit_balance')::numeric,
+		   (e.v ->> 'created_at')::timestamptz, (e.v ->> 'updated_at')::timestamptz
+	  FROM jsonb_array_elements(data -> 'users') AS e(v)
+	 ORDER BY 1
+	ON CONFLICT (uid) DO UPDATE
+	   SET name = excluded.name, lname = excluded.lname,
+		   credit_limit = excluded.credit_limit, credit_balance = excluded.credit_balance,
+		   created_at = excluded.created_at, updated_at = excluded.updated_at;
+	GET DIAGNOSTICS import_partition.users = ROW_COUNT;
+
+	RETURN NEXT;
+END
+$$;
+
+-- On the old owner, once the new one imported the partition: deletes the
+-- users of partition p and its unfinished orders with their events (the
+-- orders live on the new owner now).  Outbox rows stay: the relay still
+-- publishes them to order.created.<p>, which the new owner consumes.
+-- Refused while this node holds p.  Returns how many users and orders
+-- were deleted.
+CREATE FUNCTION ordflow.drop_partition(p int)
+RETURNS TABLE(users bigint, orders bigint)
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ids bigint[];
+BEGIN
+	PERFORM ordflow._partition_not_owned(p, 'drop');
+
+	-- locked in key order, orders first, as a consumer's batch locks
+	SELECT array_agg(x.order_id) INTO ids
+	  FROM (SELECT r.order_id
+			  FROM ordflow.orders AS r
+			 WHERE r.status = 'initialised'
+			   AND ordflow.partition_of(coalesce(r.uid, r.order_id)) = p
+			 ORDER BY r.order_id
+			   FOR UPDATE) AS x;
+	DELETE FROM ordflow.order_events AS e WHERE e.order_id = ANY (ids);
+	DELETE FROM ordflow.orders AS r WHERE r.order_id = ANY (ids);
+	GET DIAGNOSTICS drop_partition.orders = ROW_COUNT;
+
+	SELECT array_agg(x.uid) INTO ids
+	  FROM (SELECT r.uid
+			  FROM ordflow.users AS r
+			 WHERE ordflow.partition_of(r.uid) = p
+			 ORDER BY r.uid
+			   FOR UPDATE) AS x;
+	DELETE FROM ordflow.users AS r WHERE r.uid = ANY (ids);
+	GET DIAGNOSTICS drop_partition.users = ROW_COUNT;
+
+	RETURN NEXT;
+END
+$$;
+
+REVOKE ALL ON FUNCTION ordflow.export_partition(int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ordflow.import_partition(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ordflow.drop_partition(int) FROM PUBLIC;

@@ -24,6 +24,7 @@
 #include "storage/ipc.h"
 
 #include "ordflow.h"
+#include "partitions.h"
 #include "spi_util.h"
 #include "worker_common.h"
 
@@ -44,23 +45,46 @@
  * the next start().  In the same statement as the inserts, so the batch
  * takes the row lock only after its table locks: a transaction that runs
  * truncate() and then stop() cannot deadlock with it.
+ *
+ * The ids are drawn as the order_id default draws them, with the node id,
+ * ordflow.partitions and the owned partitions read once (s), so that each
+ * order's partition is known before its row is written: the users picked
+ * are all in owned partitions, but an order without uid (no user to pick)
+ * goes by its order_id, and one in another node's partition gets only its
+ * outbox row, like place_order()'s.  The result is the number of orders
+ * made here (what the back-pressure counts).
  */
 static const char *insert_orders_sql =
-"WITH o AS ("
-"  INSERT INTO ordflow.orders (uid, symbol, quantity, status, source)"
-"  SELECT v.uid, v.symbol, v.quantity, 'initialised', 'generator'"
-"    FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[], $3::pg_catalog.int4[])"
-"         AS v(uid, symbol, quantity)"
-"   WHERE (SELECT g.running FROM ordflow.generator_state AS g FOR SHARE)"
+"WITH s AS MATERIALIZED ("
+"  SELECT ordflow._node_id() OPERATOR(pg_catalog.<<) 48 AS base,"
+"         ordflow._partitions() AS parts, ordflow._owned_partitions() AS owned"
+"   WHERE (SELECT g.running FROM ordflow.generator_state AS g FOR SHARE)),"
+" d AS MATERIALIZED ("
+"  SELECT n.*, s.parts OPERATOR(pg_catalog.=) 1"
+"              OR ordflow.partition_of(COALESCE(n.uid, n.order_id)) OPERATOR(pg_catalog.=) ANY (s.owned) AS here"
+"    FROM s, (SELECT s.base OPERATOR(pg_catalog.+) pg_catalog.nextval('ordflow.order_id_seq') AS order_id,"
+"                    v.uid, v.symbol, v.quantity"
+"               FROM s, unnest($1::pg_catalog.int8[], $2::pg_catalog.text[], $3::pg_catalog.int4[])"
+"                    AS v(uid, symbol, quantity)"
+"             OFFSET 0) AS n),"	/* one id per order */
+" o AS ("
+"  INSERT INTO ordflow.orders (order_id, uid, symbol, quantity, status, source)"
+"  SELECT d.order_id, d.uid, d.symbol, d.quantity, 'initialised', 'generator'"
+"    FROM d WHERE d.here"
 "  ON CONFLICT (order_id) DO NOTHING"	/* an id an outside producer took */
 "  RETURNING order_id, uid, symbol, quantity, amount, created_at),"
 " e AS ("
 "  INSERT INTO ordflow.order_events (order_id, uid, status, event_time, amount)"
-"  SELECT order_id, uid, 'initialised', created_at, amount FROM o)"
-" INSERT INTO ordflow.outbox (order_id, routing_key, payload)"
-" SELECT order_id, 'order.created',"
-"        ordflow._order_payload(order_id, uid, symbol, quantity, amount, created_at)"
-"   FROM o";
+"  SELECT order_id, uid, 'initialised', created_at, amount FROM o),"
+" ob AS ("
+"  INSERT INTO ordflow.outbox (order_id, routing_key, payload)"
+"  SELECT m.order_id, ordflow._order_routing_key(m.uid, m.order_id, s.parts),"
+"         ordflow._order_payload(m.order_id, m.uid, m.symbol, m.quantity, m.amount, m.created_at)"
+"    FROM s, (SELECT order_id, uid, symbol, quantity, amount, created_at FROM o"
+"             UNION ALL"
+"             SELECT order_id, uid, symbol, quantity, NULL, pg_catalog.clock_timestamp()"
+"               FROM d WHERE NOT d.here) AS m)"
+" SELECT pg_catalog.count(*) FROM o";
 
 static const Oid insert_orders_types[3] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID};
 static SPIPlanPtr insert_plan = NULL;
@@ -77,7 +101,12 @@ refresh_users(void)
 	MemoryContext oldcxt;
 	uint64		i;
 
-	if (SPI_execute("SELECT uid FROM ordflow.users LIMIT " CppAsString2(GEN_USERS_SAMPLE),
+	/* with partitions, only users this node holds (their orders are made here) */
+	if (SPI_execute(ordflow_partitions == 1 ?
+					"SELECT uid FROM ordflow.users LIMIT " CppAsString2(GEN_USERS_SAMPLE) :
+					"SELECT u.uid FROM ordflow.users AS u"
+					" WHERE ordflow.partition_of(u.uid) OPERATOR(pg_catalog.=) ANY ((SELECT ordflow._owned_partitions()))"
+					" LIMIT " CppAsString2(GEN_USERS_SAMPLE),
 					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read ordflow.users");
 	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
@@ -113,6 +142,7 @@ make_orders(int n)
 	Datum		args[3];
 	int			i;
 	uint32		truncate_version;
+	bool		isnull;
 
 	LWLockAcquire(OfState->lock, LW_EXCLUSIVE);
 	truncate_version = OfState->truncate_version;
@@ -150,8 +180,9 @@ make_orders(int n)
 	args[2] = PointerGetDatum(construct_array(quantities, n, INT4OID, 4, true, TYPALIGN_INT));
 
 	of_run_plan(&insert_plan, insert_orders_sql, 3, insert_orders_types, args, NULL,
-				SPI_OK_INSERT);
-	return SPI_processed;
+				SPI_OK_SELECT);
+	return (uint64) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+												SPI_tuptable->tupdesc, 1, &isnull));
 }
 
 /*

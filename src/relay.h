@@ -28,7 +28,8 @@ typedef enum OutboxKind
 {
 	KIND_ORDER,
 	KIND_REPLY,
-	KIND_RETRY
+	KIND_RETRY,
+	KIND_FORWARD				/* like KIND_RETRY, from a consumer */
 } OutboxKind;
 
 /* One outbox row, ready to publish (or to dead-letter). */

@@ -38,7 +38,10 @@ typedef struct RelayProps
  * with our node and origin and no row for our own order that truncate()
  * removed, and drops it.  So it is marked x-ordflow-source "retry" and
  * carries no node or origin: it is processed like the outside message it
- * was (one of our own orders is then recognised by its order_id).
+ * was (one of our own orders is then recognised by its order_id).  A
+ * forwarded message (kind forward: an order or user event a consumer took
+ * from a shared queue and hands on to its partition) is published the same
+ * way, as it was received, marked x-ordflow-source "forward".
  */
 static void
 set_properties(RelayProps *p, RelayMsg *m)
@@ -69,14 +72,15 @@ set_properties(RelayProps *p, RelayMsg *m)
 	p->headers[0].key = amqp_cstring_bytes("x-ordflow-source");
 	p->headers[0].value.kind = AMQP_FIELD_KIND_UTF8;
 	p->headers[0].value.value.bytes =
-		amqp_cstring_bytes(m->kind == KIND_RETRY ? "retry" : "outbox");
+		amqp_cstring_bytes(m->kind == KIND_RETRY ? "retry" :
+						   m->kind == KIND_FORWARD ? "forward" : "outbox");
 	p->headers[1].key = amqp_cstring_bytes("x-ordflow-node");
 	p->headers[1].value.kind = AMQP_FIELD_KIND_I32;
 	p->headers[1].value.value.i32 = ordflow_node_id;
 	p->headers[2].key = amqp_cstring_bytes("x-ordflow-origin");
 	p->headers[2].value.kind = AMQP_FIELD_KIND_UTF8;
 	p->headers[2].value.value.bytes = amqp_cstring_bytes((char *) of_message_origin());
-	props->headers.num_entries = m->kind == KIND_RETRY ? 1 : 3;
+	props->headers.num_entries = (m->kind == KIND_RETRY || m->kind == KIND_FORWARD) ? 1 : 3;
 	props->headers.entries = p->headers;
 }
 

@@ -137,23 +137,46 @@ has_prefix(const char *s, const char *prefix)
 	return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
-/* order.created or order.created.<partition> */
+/* A partition number: one or more digits and nothing else. */
 static bool
-order_routing_key(const char *rk)
+all_digits(const char *p)
 {
-	const char *p;
-
-	if (strcmp(rk, "order.created") == 0)
-		return true;
-	if (!has_prefix(rk, "order.created."))
-		return false;
-	p = rk + strlen("order.created.");
 	if (*p == '\0')
 		return false;
 	for (; *p; p++)
 		if (*p < '0' || *p > '9')
 			return false;
 	return true;
+}
+
+/* order.created or order.created.<partition> */
+static bool
+order_routing_key(const char *rk)
+{
+	if (strcmp(rk, "order.created") == 0)
+		return true;
+	return has_prefix(rk, "order.created.") &&
+		all_digits(rk + strlen("order.created."));
+}
+
+/*
+ * What a consumer may forward: order.created.<partition> or
+ * user.<T>.<partition> (<T> as the consumer reads it: 1 to 16 characters
+ * without a dot).  Never order.created or user.<T>: those lead back to the
+ * shared queues, and the message would go round for ever.
+ */
+static bool
+forward_routing_key(const char *rk)
+{
+	size_t		len;
+
+	if (has_prefix(rk, "order.created."))
+		return all_digits(rk + strlen("order.created."));
+	if (!has_prefix(rk, "user."))
+		return false;
+	rk += strlen("user.");
+	len = strcspn(rk, ".");
+	return len >= 1 && len <= 16 && rk[len] == '.' && all_digits(rk + len + 1);
 }
 
 /* Where a row goes; sets m->error if it may not go anywhere. */
@@ -189,6 +212,14 @@ route_row(RelayMsg *m, const char *kind)
 	{
 		m->kind = KIND_RETRY;
 		m->exchange = ordflow_exchange;
+	}
+	else if (strcmp(kind, "forward") == 0)
+	{
+		m->kind = KIND_FORWARD;
+		m->exchange = ordflow_exchange;
+		if (!forward_routing_key(m->routing_key))
+			m->error = psprintf("a forwarded message's routing key must be order.created.<partition> or user.<type>.<partition>, not \"%s\"",
+								m->routing_key);
 	}
 	else
 		m->error = psprintf("unknown outbox kind \"%s\"", kind);
