@@ -23,6 +23,7 @@ use OrdflowInvariants;
 
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(time sleep);
 
 my $mq = OrdflowTest::start_broker();
 my %conf = (
@@ -92,8 +93,13 @@ for my $pair ([$A, \@users_b], [$B, \@users_a])
 		SELECT string_agg(ordflow.place_order(u, 1, 'SQL', NULL)::text, ',')
 		  FROM unnest(ARRAY[$own]::bigint[]) AS u, generate_series(1, 5)});
 }
-is($q->($A, q{SELECT count(*) FROM ordflow.orders WHERE symbol = 'SQL'}), 100,
-	'A keeps the rows of the orders it placed for its own users only');
+is($q->($A, q{SELECT count(*) FROM ordflow.orders
+			   WHERE symbol = 'SQL' AND ordflow.partition_of(uid) NOT IN (0, 1)}), 0,
+	'A keeps no row of the orders it placed for the users of B');
+is($q->($A, q{SELECT count(*) FROM ordflow.outbox
+			   WHERE routing_key NOT IN ('order.created.0', 'order.created.1',
+										 'order.created.2', 'order.created.3')}), 0,
+	'... and publishes every order to its partition');
 
 # outside orders: ids of node 0, uids of both nodes, and some without uid
 my $next_id = 1_000_000;
@@ -167,6 +173,32 @@ sub exactly_once
 	}
 	return;
 }
+
+# user events: one naming a user of each node, sent without partition, is
+# forwarded to its holder; a C event is applied by whichever node takes it
+OrdflowTest::enable_user_events($_) for ($A, $B);
+$mq->publish('user.U', qq({"type": "U", "condition": {"uid": $users_a[0]}, "new_val": {"name": "renamed"}}),
+	message_id => 'ev-a');
+$mq->publish('user.U', qq({"type": "U", "condition": {"uid": $users_b[0]}, "new_val": {"name": "renamed"}}),
+	message_id => 'ev-b');
+$mq->publish('user.C', q({"type": "C", "name": "new", "lname": "user", "credit_limit": 5}),
+	message_id => 'ev-c');
+for my $pair ([$A, $users_a[0]], [$B, $users_b[0]])
+{
+	ok(OrdflowTest::wait_for($pair->[0], "SELECT name FROM ordflow.users WHERE uid = $pair->[1]",
+			'renamed', 60),
+		$pair->[0]->name . ': the U event for its user, sent to user.U, was applied there');
+}
+my $new_users = sub {
+	$q->($A, q{SELECT count(*) FROM ordflow.users WHERE name = 'new'})
+	  + $q->($B, q{SELECT count(*) FROM ordflow.users WHERE name = 'new'});
+};
+my $until = time + 60;
+sleep 0.2 while $new_users->() == 0 && time < $until;
+is($new_users->(), 1, 'the C event, sent to user.C, created exactly one user');
+is($q->($A, q{SELECT count(*) FROM ordflow.users WHERE name = 'new' AND ordflow.partition_of(uid) NOT IN (0, 1)})
+	+ $q->($B, q{SELECT count(*) FROM ordflow.users WHERE name = 'new' AND ordflow.partition_of(uid) NOT IN (2, 3)}),
+	0, '... in a partition of the node that applied it');
 
 drain_both('before the move');
 exactly_once('before the move');
