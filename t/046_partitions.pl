@@ -2,7 +2,7 @@
 # uid partitions across two PostgreSQL servers (SPEC "More than one node";
 # issue 9).
 #
-# One broker, ordflow.partitions = 4: node A (node_id 1) owns 0-1, node B
+# A 3-node RabbitMQ cluster with quorum queues, ordflow.partitions = 4: node A (node_id 1) owns 0-1, node B
 # (node_id 2) owns 2-3.  Both run the generator and place_order() (also for
 # the other node's users), and an outside producer publishes to
 # order.created (no partition: the shared queue, forwarded by whichever
@@ -19,13 +19,16 @@ use warnings;
 use FindBin;
 use lib "$FindBin::RealBin/lib";
 use OrdflowTest;
+use OrdflowCluster;
 use OrdflowInvariants;
 
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time sleep);
 
-my $mq = OrdflowTest::start_broker();
+my $cl = OrdflowCluster::start(3);
+my $mq = $cl->node(0);
+my $list = $cl->url_list;
 my %conf = (
 	a => "ordflow.node_id = 1\nordflow.owned_partitions = '0-1'",
 	b => "ordflow.node_id = 2\nordflow.owned_partitions = '2-3'");
@@ -33,7 +36,8 @@ my %node;
 for my $n (qw(a b))
 {
 	$node{$n} = OrdflowTest::new_node("part_$n", broker => $mq, consumers => 2,
-		extra => "ordflow.partitions = 4\n$conf{$n}\nlog_statement = none");
+		extra => "ordflow.partitions = 4\n$conf{$n}\nlog_statement = none\n"
+		  . "ordflow.amqp_url = '$list'\nordflow.queue_type = quorum");
 	$node{$n}->safe_psql('postgres', 'CREATE EXTENSION ordflow');
 	$node{$n}->safe_psql('postgres', q{
 		SELECT ordflow.create_user('u' || g, 'l' || g, 1e6) FROM generate_series(1, 20) g});
@@ -58,15 +62,18 @@ ok(OrdflowTest::wait_for($B, $held_sql, '2,3', 90), 'B holds partitions 2 and 3'
 is($q->($A, q{SELECT count(DISTINCT partitions) FROM ordflow.status()
 			   WHERE worker LIKE 'consumer %' AND partitions IS NOT NULL}), 2,
 	"A's two consumers share its partitions out");
+my $queues = $cl->queue_info;
 for my $p (0 .. 3)
 {
-	ok(defined $mq->queue_stats("ordflow.orders.$p"), "queue ordflow.orders.$p declared");
-	ok(defined $mq->queue_stats("ordflow.owner.$p"), "ownership queue ordflow.owner.$p held");
+	is($queues->{"ordflow.orders.$p"} && $queues->{"ordflow.orders.$p"}{type}, 'quorum',
+		"queue ordflow.orders.$p declared, a quorum queue");
+	ok($queues->{"ordflow.owner.$p"}, "ownership queue ordflow.owner.$p held");
 }
 
 # --- a third node may not take a held partition --------------------------
 my $C = OrdflowTest::new_node('part_c', broker => $mq,
-	extra => "ordflow.partitions = 4\nordflow.node_id = 3\nordflow.owned_partitions = '0'");
+	extra => "ordflow.partitions = 4\nordflow.node_id = 3\nordflow.owned_partitions = '0'\n"
+	  . "ordflow.amqp_url = '$list'\nordflow.queue_type = quorum");
 $C->safe_psql('postgres', 'CREATE EXTENSION ordflow');
 ok(OrdflowTest::wait_for_log($C, 0, qr/ordflow: partition 0 is held by another node; skipping it/, 1, 90),
 	'a third node listing partition 0 logs that another node holds it');
@@ -273,5 +280,5 @@ for (split /\n/, $q->($B, q{SELECT uid || ' ' || (credit_limit - credit_balance)
 is(scalar @bad, 0, 'moved users: balance = limit - completed on A and on B') or diag "@bad";
 
 $_->stop for ($A, $B);
-$mq->stop;
+$cl->stop;
 done_testing();
