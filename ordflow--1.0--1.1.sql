@@ -1119,14 +1119,14 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	SELECT min(d.k) AS k INTO bad
-	  FROM (SELECT e.v -> 'uid' AS k FROM jsonb_array_elements(data -> 'users') AS e(v)
+	  FROM (SELECT (e.v ->> 'uid')::numeric AS k FROM jsonb_array_elements(data -> 'users') AS e(v)
 			 GROUP BY 1 HAVING count(*) > 1) AS d;
 	IF bad.k IS NOT NULL THEN
 		RAISE EXCEPTION 'uid % appears more than once in users', bad.k
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	SELECT min(d.k) AS k INTO bad
-	  FROM (SELECT e.v -> 'order_id' AS k FROM jsonb_array_elements(data -> 'orders') AS e(v)
+	  FROM (SELECT (e.v ->> 'order_id')::numeric AS k FROM jsonb_array_elements(data -> 'orders') AS e(v)
 			 GROUP BY 1 HAVING count(*) > 1) AS d;
 	IF bad.k IS NOT NULL THEN
 		RAISE EXCEPTION 'order_id % appears more than once in orders', bad.k

@@ -148,3 +148,33 @@ REVOKE ALL ON SCHEMA ordflow FROM ordflow_regress_bulk, ordflow_regress_nobulk;
 DROP ROLE ordflow_regress_bulk;
 DROP ROLE ordflow_regress_nobulk;
 SELECT ordflow.truncate();
+
+-- One partition (ordflow.partitions = 1, as everywhere in this suite):
+-- every uid and order is in partition 0, which this node holds; orders
+-- are routed order.created as in 1.0, uids are 1, 2, 3, ... (02_users);
+-- export/import/drop_partition() are refused.
+SELECT ordflow._partitions() AS partitions, ordflow._owned_partitions() AS owned,
+       ordflow.partition_of(12345) AS p_12345, ordflow.partition_of(-7) AS p_minus_7,
+       ordflow.partition_of(-9223372036854775808) AS p_min,
+       ordflow._order_routing_key(5, 7, 1) AS key_uid,
+       ordflow._order_routing_key(NULL, 7, 1) AS key_no_uid,
+       ordflow._order_routing_key(6, 7, 4) AS key_of_4,
+       ordflow._order_routing_key(NULL, 7, 4) AS key_no_uid_of_4;
+SELECT ordflow.place_order(3, 1, 'ONE', 1) IS NOT NULL AS placed;
+SELECT count(*) AS placed FROM ordflow.place_orders('[{"amount": 1}, {"uid": 2, "amount": 2}]');
+SELECT kind, routing_key, count(*) FROM ordflow.outbox GROUP BY 1, 2;
+SELECT (SELECT count(*) FROM ordflow.outbox) = (SELECT count(*) FROM ordflow.orders) AS a_row_per_message;
+SELECT pg_get_expr(d.adbin, d.adrelid) AS uid_default
+  FROM pg_attrdef AS d
+  JOIN pg_attribute AS a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+ WHERE d.adrelid = 'ordflow.users'::regclass AND a.attname = 'uid';
+SELECT regress_util.err($$SELECT ordflow.export_partition(0)$$);
+SELECT regress_util.err($$SELECT ordflow.drop_partition(0)$$);
+SELECT regress_util.err($$SELECT ordflow.export_partition(1)$$);
+SELECT regress_util.err($$SELECT ordflow.import_partition('{"partitions": 1, "partition": 0, "users": [], "orders": []}')$$);
+SELECT regress_util.err($$SELECT ordflow.import_partition('{"partitions": 4, "partition": 1, "users": [], "orders": []}')$$);
+SELECT regress_util.err($$SELECT ordflow.import_partition('[]')$$);
+-- The outbox takes the consumer's 'forward' rows.
+INSERT INTO ordflow.outbox (kind, routing_key, raw_body) VALUES ('forward', 'order.created.0', '\x7b7d');
+SELECT regress_util.err($$INSERT INTO ordflow.outbox (kind, routing_key, raw_body) VALUES ('forwarded', 'x', '\x7b7d')$$);
+SELECT ordflow.truncate();

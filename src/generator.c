@@ -105,7 +105,7 @@ refresh_users(void)
 	if (SPI_execute(ordflow_partitions == 1 ?
 					"SELECT uid FROM ordflow.users LIMIT " CppAsString2(GEN_USERS_SAMPLE) :
 					"SELECT u.uid FROM ordflow.users AS u"
-					" WHERE ordflow.partition_of(u.uid) OPERATOR(pg_catalog.=) ANY ((SELECT ordflow._owned_partitions()))"
+					" WHERE ordflow.partition_of(u.uid) OPERATOR(pg_catalog.=) ANY ((SELECT ordflow._owned_partitions())::pg_catalog.int4[])"
 					" LIMIT " CppAsString2(GEN_USERS_SAMPLE),
 					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read ordflow.users");
