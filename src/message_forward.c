@@ -8,7 +8,7 @@
  * order published to order.created (no partition) lands in the shared
  * queue, which every node reads: whichever node takes it writes it to its
  * outbox, as received, with the routing key of its partition, in the
- * batch's transaction.  The ack follows the commit, so a crash in between
+ * batch's transaction (as it does with one sent to the wrong partition).  The ack follows the commit, so a crash in between
  * forwards it twice, and the owner's processing by order_id makes the
  * second copy a no-op: processed exactly once.  User events that name a
  * uid go the same way; user.C and events without a uid are applied where
@@ -49,22 +49,22 @@ static const char *event_uid_sql =
 "                               OPERATOR(pg_catalog.->) 'uid') OPERATOR(pg_catalog.=) 'number'";
 static const Oid event_uid_types[1] = {TEXTOID};
 
-static bool
-from_shared_queue(const OfMessage *m)
-{
-	return ordflow_partitions > 1 && m->partition < 0;
-}
-
-/* A decoded order from a shared queue goes to its partition's queue. */
+/*
+ * A decoded order from a shared queue goes to its partition's queue; so
+ * does one an outside producer published to the queue of another
+ * partition than its uid's (it would be declined as "unknown user" here).
+ */
 void
 of_forward_order(OfMessage *m)
 {
-	int64		key;
+	int			p;
 
-	if (!from_shared_queue(m))
+	if (ordflow_partitions <= 1)
 		return;
-	key = m->order.has_uid ? m->order.uid : m->order.order_id;
-	m->forward_key = psprintf("order.created.%d", of_partition_of(key));
+	p = of_partition_of(m->order.has_uid ? m->order.uid : m->order.order_id);
+	if (p == m->partition)
+		return;
+	m->forward_key = psprintf("order.created.%d", p);
 	m->outcome = OF_OUT_FORWARDED;
 }
 
@@ -93,18 +93,19 @@ event_partition(void *arg)
 }
 
 /*
- * A user event from the shared queue that names a uid goes to the queue of
- * that uid's partition.  One that cannot be read (not JSON, a uid that is
- * no integer) is left to be applied here, which dead-letters it with the
- * reason.
+ * A user event that names a uid goes to the queue of that uid's partition,
+ * from a shared queue or from another partition's queue.  One that cannot
+ * be read (not JSON, a uid that is no integer) is left to be applied here,
+ * which dead-letters it with the reason.
  */
 void
 of_forward_user_event(OfMessage *m)
 {
 	EventPartition ep = {m, -1};
 	ErrorData  *err;
+	const char *type_end;
 
-	if (!from_shared_queue(m))
+	if (ordflow_partitions <= 1)
 		return;
 	err = of_run_in_subxact(event_partition, &ep);
 	if (err != NULL)
@@ -112,9 +113,13 @@ of_forward_user_event(OfMessage *m)
 		FreeErrorData(err);
 		return;
 	}
-	if (ep.partition < 0)
+	if (ep.partition < 0 || ep.partition == m->partition)
 		return;
-	m->forward_key = psprintf("%s.%d", m->routing_key, ep.partition);
+	/* user.<T> of user.<T> or user.<T>.<p> */
+	type_end = strchr(m->routing_key + strlen("user."), '.');
+	m->forward_key = psprintf("%.*s.%d",
+							  type_end ? (int) (type_end - m->routing_key) : (int) strlen(m->routing_key),
+							  m->routing_key, ep.partition);
 	m->outcome = OF_OUT_FORWARDED;
 }
 

@@ -45,6 +45,18 @@ for my $n (qw(a b))
 my ($A, $B) = @node{qw(a b)};
 my $q = sub { my ($n, $sql) = @_; $n->safe_psql('postgres', $sql) };
 
+# --- the setting is checked ---------------------------------------------
+for my $bad (['0-4', qr/Partition 4 is out of range: ordflow.partitions is 4/],
+	['3-1', qr/Partition 3 is out of range/],
+	['1,,2', qr/"all", "none" or a comma-separated list/],
+	['x', qr/"all", "none" or a comma-separated list/],
+	['99999999999999999999', qr/"all", "none" or a comma-separated list/])
+{
+	my ($rc, $out, $err) = $A->psql('postgres',
+		"ALTER SYSTEM SET ordflow.owned_partitions = '$bad->[0]'");
+	like($err, $bad->[1], "owned_partitions = '$bad->[0]' is refused");
+}
+
 # --- uids and holding ----------------------------------------------------
 is($q->($A, q{SELECT string_agg(DISTINCT ordflow.partition_of(uid)::text, ',')
 			   FROM ordflow.users}), '0,1', 'A made uids in its partitions 0-1 only');
@@ -126,6 +138,13 @@ for my $i (0 .. 79)
 	my $id = $next_id++;
 	push @direct, [ $uid % 4, qq({"order_id": $id, "uid": $uid, "symbol": "OUTP", "quantity": 1}) ];
 }
+# and some an outside producer sent to the wrong partition's queue
+for my $i (0 .. 7)
+{
+	my $uid = $all_users[ $i * 5 % @all_users ];
+	my $id = $next_id++;
+	push @direct, [ ($uid + 1) % 4, qq({"order_id": $id, "uid": $uid, "symbol": "MISR", "quantity": 1}) ];
+}
 $mq->publish_many('order.created', \@shared);
 for my $p (0 .. 3)
 {
@@ -188,9 +207,11 @@ $mq->publish('user.U', qq({"type": "U", "condition": {"uid": $users_a[0]}, "new_
 	message_id => 'ev-a');
 $mq->publish('user.U', qq({"type": "U", "condition": {"uid": $users_b[0]}, "new_val": {"name": "renamed"}}),
 	message_id => 'ev-b');
+$mq->publish('user.U.3', qq({"type": "U", "condition": {"uid": $users_a[1]}, "new_val": {"name": "renamed"}}),
+	message_id => 'ev-a-misrouted');
 $mq->publish('user.C', q({"type": "C", "name": "new", "lname": "user", "credit_limit": 5}),
 	message_id => 'ev-c');
-for my $pair ([$A, $users_a[0]], [$B, $users_b[0]])
+for my $pair ([$A, $users_a[0]], [$B, $users_b[0]], [$A, $users_a[1]])
 {
 	ok(OrdflowTest::wait_for($pair->[0], "SELECT name FROM ordflow.users WHERE uid = $pair->[1]",
 			'renamed', 60),
