@@ -111,10 +111,16 @@ of_check_owned_partitions(char **newval, void **extra, GucSource source)
 				break;
 			skip_spaces(&p);
 		}
-		if (hi < lo || hi >= ordflow_partitions)
+		if (hi < lo)
+		{
+			GUC_check_errdetail("The range %d-%d is empty: write the lower partition first.", lo, hi);
+			free(result);
+			return false;
+		}
+		if (hi >= ordflow_partitions)
 		{
 			GUC_check_errdetail("Partition %d is out of range: ordflow.partitions is %d, so partitions are 0 to %d.",
-								hi < lo ? lo : hi, ordflow_partitions, ordflow_partitions - 1);
+								hi, ordflow_partitions, ordflow_partitions - 1);
 			free(result);
 			return false;
 		}

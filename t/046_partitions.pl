@@ -47,7 +47,7 @@ my $q = sub { my ($n, $sql) = @_; $n->safe_psql('postgres', $sql) };
 
 # --- the setting is checked ---------------------------------------------
 for my $bad (['0-4', qr/Partition 4 is out of range: ordflow.partitions is 4/],
-	['3-1', qr/Partition 3 is out of range/],
+	['3-1', qr/The range 3-1 is empty/],
 	['1,,2', qr/"all", "none" or a comma-separated list/],
 	['x', qr/"all", "none" or a comma-separated list/],
 	['99999999999999999999', qr/"all", "none" or a comma-separated list/])
