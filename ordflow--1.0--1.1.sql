@@ -551,6 +551,8 @@ REVOKE ALL ON FUNCTION ordflow._place_orders_check(jsonb, numeric, numeric, nume
 -- its element; one an
 -- outside producer already took is skipped by ON CONFLICT DO NOTHING and
 -- that element draws again in the next round, as place_order() loops.
+-- As in place_order(), an element whose partition another node holds gets
+-- only its outbox row, to order.created.<p>.
 CREATE FUNCTION ordflow.place_orders(orders jsonb)
 RETURNS SETOF bigint
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
