@@ -916,9 +916,11 @@ END
 $$;
 
 -- A timestamptz from JSON, or NULL if v is no string of a finite one.
+-- PARALLEL UNSAFE: the exception block is a subtransaction, which
+-- parallel mode forbids (and so are the two checks that call it).
 CREATE FUNCTION ordflow._import_timestamptz(v jsonb)
 RETURNS timestamptz
-LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -949,7 +951,7 @@ REVOKE ALL ON FUNCTION ordflow._import_int(jsonb, numeric, numeric) FROM PUBLIC;
 -- The first problem of one exported user (for import_partition()), or NULL.
 CREATE FUNCTION ordflow._import_user_check(v jsonb, p int)
 RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -1001,7 +1003,7 @@ REVOKE ALL ON FUNCTION ordflow._import_user_check(jsonb, int) FROM PUBLIC;
 -- it, that place_order() could have made.
 CREATE FUNCTION ordflow._import_order_check(v jsonb, p int)
 RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
