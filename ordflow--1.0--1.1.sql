@@ -280,11 +280,12 @@ SET search_path = pg_catalog, pg_temp
 AS $$ SELECT coalesce(pg_catalog.current_setting('ordflow.node_id', true), '0')::pg_catalog.int8 $$;
 
 -- ordflow.partitions, also PGC_POSTMASTER; NULL (not loaded) counts as 1.
+-- Without SET clause, so that the planner inlines it: place_order() and
+-- the uid default read it on every call (every name is schema-qualified).
 CREATE FUNCTION ordflow._partitions()
 RETURNS int
 LANGUAGE sql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT coalesce(pg_catalog.current_setting('ordflow.partitions', true), '1')::pg_catalog.int4 $$;
+AS $$ SELECT COALESCE(pg_catalog.current_setting('ordflow.partitions', true), '1')::pg_catalog.int4 $$;
 
 ALTER SEQUENCE ordflow.order_id_seq MAXVALUE 281474976710655;
 ALTER TABLE ordflow.orders ALTER COLUMN order_id
@@ -316,36 +317,44 @@ $$;
 -- hand out a uid twice.  At most ordflow.partitions draws.
 -- (partition_of() and _owned_partitions() are created further down;
 -- PL/pgSQL looks them up when it runs.)
-CREATE FUNCTION ordflow._new_uid()
+CREATE FUNCTION ordflow._new_uid_owned()
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	base  bigint := ordflow._node_id() << 48;
-	parts int := ordflow._partitions();
-	owned int[];
+	owned int[] := ordflow._owned_partitions();
 	u     bigint;
 BEGIN
-	u := base + nextval('ordflow.users_uid_seq');
-	IF parts = 1 THEN
-		RETURN u;
-	END IF;
-	owned := ordflow._owned_partitions();
 	IF cardinality(owned) = 0 THEN
 		RAISE EXCEPTION 'this node holds no uid partition, so it cannot create users'
 			USING ERRCODE = 'object_not_in_prerequisite_state',
 				  HINT = 'Set ordflow.owned_partitions to the partitions this node holds, or create the user on a node that holds some.';
 	END IF;
-	WHILE NOT ordflow.partition_of(u) = ANY (owned) LOOP
+	LOOP
 		u := base + nextval('ordflow.users_uid_seq');
+		EXIT WHEN ordflow.partition_of(u) = ANY (owned);
 	END LOOP;
 	RETURN u;
 END
 $$;
--- Executable by PUBLIC, like the default it is: whoever may insert users
--- (create_user() runs with the caller's rights, the user events role
--- included) evaluates it, and it needs the right to draw from the sequence.
+
+-- The default of users.uid.  With one partition, the expression of the
+-- node ids alone; a single expression without SET clause, so the planner
+-- inlines it and a bulk insert of users pays no function call per row.
+CREATE FUNCTION ordflow._new_uid()
+RETURNS bigint
+LANGUAGE sql VOLATILE PARALLEL UNSAFE
+AS $$
+	SELECT CASE WHEN ordflow._partitions() OPERATOR(pg_catalog.=) 1
+		   THEN (ordflow._node_id() OPERATOR(pg_catalog.<<) 48)
+				OPERATOR(pg_catalog.+) pg_catalog.nextval('ordflow.users_uid_seq')
+		   ELSE ordflow._new_uid_owned() END
+$$;
+-- Both executable by PUBLIC, like the default they are: whoever may insert
+-- users (create_user() runs with the caller's rights, the user events role
+-- included) evaluates them, and needs the right to draw from the sequence.
 
 ALTER TABLE ordflow.users ALTER COLUMN uid SET DEFAULT ordflow._new_uid();
 -- A restored database must not hand out uids again.
@@ -544,6 +553,8 @@ REVOKE ALL ON FUNCTION ordflow._place_orders_check(jsonb, numeric, numeric, nume
 -- its element; one an
 -- outside producer already took is skipped by ON CONFLICT DO NOTHING and
 -- that element draws again in the next round, as place_order() loops.
+-- As in place_order(), an element whose partition another node holds gets
+-- only its outbox row, to order.created.<p>.
 CREATE FUNCTION ordflow.place_orders(orders jsonb)
 RETURNS SETOF bigint
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
@@ -907,9 +918,11 @@ END
 $$;
 
 -- A timestamptz from JSON, or NULL if v is no string of a finite one.
+-- PARALLEL UNSAFE: the exception block is a subtransaction, which
+-- parallel mode forbids (and so are the two checks that call it).
 CREATE FUNCTION ordflow._import_timestamptz(v jsonb)
 RETURNS timestamptz
-LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -940,7 +953,7 @@ REVOKE ALL ON FUNCTION ordflow._import_int(jsonb, numeric, numeric) FROM PUBLIC;
 -- The first problem of one exported user (for import_partition()), or NULL.
 CREATE FUNCTION ordflow._import_user_check(v jsonb, p int)
 RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -992,7 +1005,7 @@ REVOKE ALL ON FUNCTION ordflow._import_user_check(jsonb, int) FROM PUBLIC;
 -- it, that place_order() could have made.
 CREATE FUNCTION ordflow._import_order_check(v jsonb, p int)
 RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE

@@ -215,6 +215,34 @@ sa(q{ALTER SYSTEM SET ordflow.owned_partitions = '1-2'});
 sa('SELECT pg_reload_conf()');
 ok(OrdflowTest::wait_for($a, 'SELECT ordflow._owned_partitions()', '{1,2}', 30), 'owned_partitions 1-2 after reload');
 
+# A batch still in flight (it locked an order of partition 0 and its user,
+# as a consumer does) is waited for: the export sees what it committed.
+my $x = sa(qq{SELECT order_id FROM ordflow.orders WHERE uid = $u0 AND status = 'initialised'
+			   ORDER BY order_id LIMIT 1});
+my $bal = sa("SELECT credit_balance - 1 FROM ordflow.users WHERE uid = $u0");
+my $batch = $a->background_psql('postgres');
+$batch->query_safe(qq{BEGIN;
+	UPDATE ordflow.orders SET status = 'completed', execution_price = 1, processed_at = now()
+	 WHERE order_id = $x;
+	UPDATE ordflow.users SET credit_balance = credit_balance - 1 WHERE uid = $u0;});
+my $exporter = $a->background_psql('postgres');
+$exporter->query_until(qr/go/, "\\echo go\nCREATE TABLE public.exp_locked AS SELECT ordflow.export_partition(0) AS x;\n");
+ok( OrdflowTest::wait_for($a, q{SELECT count(*) FROM pg_stat_activity
+								 WHERE wait_event_type = 'Lock' AND query LIKE '%export_partition%'}, '1', 60),
+	'export_partition() waits for the batch that holds rows of the partition');
+$batch->query_safe('COMMIT');
+ok(OrdflowTest::wait_for($a, q{SELECT count(*) FROM pg_tables WHERE tablename = 'exp_locked'}, '1', 60),
+	'... and finishes once it committed');
+is(sa(qq{SELECT (SELECT count(*) FROM jsonb_array_elements(x -> 'orders') AS o
+				  WHERE (o ->> 'order_id')::bigint = $x) || '/' ||
+				(SELECT u ->> 'credit_balance' FROM jsonb_array_elements(x -> 'users') AS u
+				  WHERE (u ->> 'uid')::bigint = $u0)
+		   FROM public.exp_locked}), "0/$bal",
+	'the export has the batch\'s result: its order done (not exported), the balance debited');
+$batch->quit;
+$exporter->quit;
+sa('DROP TABLE public.exp_locked');
+
 my $users0 = q{SELECT uid, name, lname, credit_limit, credit_balance, created_at, updated_at
 				 FROM ordflow.users WHERE ordflow.partition_of(uid) = 0 ORDER BY uid};
 my $orders0 = q{SELECT order_id, uid, symbol, quantity, amount, status, execution_price, notes,
@@ -355,8 +383,9 @@ is(sa(qq{SELECT (SELECT count(*) FROM ordflow.users WHERE ordflow.partition_of(u
 			   (SELECT count(*) FROM ordflow.orders
 				 WHERE ordflow.partition_of(coalesce(uid, order_id)) = 0 AND status = 'initialised') || '/' ||
 			   (SELECT count(*) FROM ordflow.order_events AS e
-				 WHERE ordflow.partition_of(coalesce(e.uid, e.order_id)) = 0 AND e.order_id <> $done)}),
-	'0/0/0', '... with their events');
+				 WHERE ordflow.partition_of(coalesce(e.uid, e.order_id)) = 0
+				   AND NOT EXISTS (SELECT FROM ordflow.orders AS o WHERE o.order_id = e.order_id))}),
+	'0/0/0', '... with their events (none left without its order)');
 is(sa("SELECT status FROM ordflow.orders WHERE order_id = $done"), 'completed', 'the completed order stays (history)');
 is(sa($others), $a_others, 'other partitions and the outbox untouched');
 is(sa(q{SELECT users || '/' || orders FROM ordflow.drop_partition(0)}), '0/0', 'dropping again deletes nothing');
