@@ -24,7 +24,9 @@ REVOKE ALL ON FUNCTION ordflow._wake_relay_at_commit() FROM PUBLIC;
 --                 stored body published as it was received
 --   kind 'forward': an order or user event a consumer took from a shared
 --                 queue and hands on to its partition (routing key
---                 order.created.<p> or user.<T>.<p>), published as received
+--                 order.created.<p> or user.<T>.<p>), or an order placed
+--                 here for another node's partition; published as it is,
+--                 without our node and origin
 -- ---------------------------------------------------------------------------
 
 ALTER TABLE ordflow.outbox
@@ -61,7 +63,7 @@ CREATE INDEX dead_letters_raw_received_at_idx ON ordflow.dead_letters_raw (recei
 -- encoding can hold; NULL otherwise.
 CREATE FUNCTION ordflow._body_text(body bytea)
 RETURNS text
-LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -666,13 +668,14 @@ BEGIN
 				  FROM o
 				 ORDER BY o.order_id
 			), ob AS (
-				INSERT INTO ordflow.outbox (order_id, routing_key, payload)
-				SELECT m.order_id, ordflow._order_routing_key(m.uid, m.order_id, $7),
+				INSERT INTO ordflow.outbox (kind, order_id, message_id, routing_key, payload)
+				SELECT m.kind, m.order_id, m.order_id::text,
+					   ordflow._order_routing_key(m.uid, m.order_id, $7),
 					   ordflow._order_payload(m.order_id, m.uid, m.symbol,
 											  m.quantity, m.amount, m.created_at)
-				  FROM (SELECT o.* FROM o
+				  FROM (SELECT 'order' AS kind, o.* FROM o
 						UNION ALL
-						SELECT d.id, d.uid, d.amount, d.symbol, d.qty, clock_timestamp()
+						SELECT 'forward', d.id, d.uid, d.amount, d.symbol, d.qty, clock_timestamp()
 						  FROM drawn AS d
 						 WHERE NOT d.here) AS m
 				 ORDER BY m.order_id
@@ -746,7 +749,10 @@ $$;
 -- (ordflow.owned_partitions) gets only its outbox row, to
 -- order.created.<p>; the owner makes its row and its 'initialised' event
 -- when it consumes the message, as for an outside order.  Otherwise it
--- would stay 'initialised' here for ever.  Without uid, the partition is
+-- would stay 'initialised' here for ever.  The row is of kind 'forward',
+-- published without our node and origin: should the partition come back
+-- here before the message is consumed, it must not pass for one of our own
+-- orders that truncate() removed (those are dropped).  Without uid, the partition is
 -- the order_id's, so the id is drawn first (as the column default draws
 -- it).  With one partition, exactly the 1.0 statements.
 CREATE OR REPLACE FUNCTION ordflow.place_order(uid bigint DEFAULT NULL,
@@ -806,8 +812,9 @@ BEGIN
 		LOOP
 			new_id := (ordflow._node_id() << 48) + nextval('ordflow.order_id_seq');
 			IF NOT ordflow.partition_of(coalesce(place_order.uid, new_id)) = ANY (owned) THEN
-				INSERT INTO ordflow.outbox (order_id, routing_key, payload)
-				VALUES (new_id, ordflow._order_routing_key(place_order.uid, new_id, parts),
+				INSERT INTO ordflow.outbox (kind, order_id, message_id, routing_key, payload)
+				VALUES ('forward', new_id, new_id::text,
+						ordflow._order_routing_key(place_order.uid, new_id, parts),
 						ordflow._order_payload(new_id, place_order.uid, place_order.symbol,
 											   place_order.quantity, place_order.amount,
 											   clock_timestamp()));

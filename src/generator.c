@@ -51,7 +51,7 @@
  * order's partition is known before its row is written: the users picked
  * are all in owned partitions, but an order without uid (no user to pick)
  * goes by its order_id, and one in another node's partition gets only its
- * outbox row, like place_order()'s.  The result is the number of orders
+ * outbox row (kind forward), like place_order()'s.  The result is the number of orders
  * made here (what the back-pressure counts).
  */
 static const char *insert_orders_sql =
@@ -77,12 +77,13 @@ static const char *insert_orders_sql =
 "  INSERT INTO ordflow.order_events (order_id, uid, status, event_time, amount)"
 "  SELECT order_id, uid, 'initialised', created_at, amount FROM o),"
 " ob AS ("
-"  INSERT INTO ordflow.outbox (order_id, routing_key, payload)"
-"  SELECT m.order_id, ordflow._order_routing_key(m.uid, m.order_id, s.parts),"
+"  INSERT INTO ordflow.outbox (kind, order_id, message_id, routing_key, payload)"
+"  SELECT m.kind, m.order_id, m.order_id::pg_catalog.text,"
+"         ordflow._order_routing_key(m.uid, m.order_id, s.parts),"
 "         ordflow._order_payload(m.order_id, m.uid, m.symbol, m.quantity, m.amount, m.created_at)"
-"    FROM s, (SELECT order_id, uid, symbol, quantity, amount, created_at FROM o"
+"    FROM s, (SELECT 'order' AS kind, order_id, uid, symbol, quantity, amount, created_at FROM o"
 "             UNION ALL"
-"             SELECT order_id, uid, symbol, quantity, NULL, pg_catalog.clock_timestamp()"
+"             SELECT 'forward', order_id, uid, symbol, quantity, NULL, pg_catalog.clock_timestamp()"
 "               FROM d WHERE NOT d.here) AS m)"
 " SELECT pg_catalog.count(*) FROM o";
 

@@ -90,6 +90,11 @@ $C->safe_psql('postgres', 'CREATE EXTENSION ordflow');
 ok(OrdflowTest::wait_for_log($C, 0, qr/ordflow: partition 0 is held by another node; skipping it/, 1, 90),
 	'a third node listing partition 0 logs that another node holds it');
 is($q->($C, $held_sql), '', '... and holds no partition');
+# a node that holds no partition creates no user
+$q->($C, q{ALTER SYSTEM SET ordflow.owned_partitions = 'none'});
+$q->($C, 'SELECT pg_reload_conf()');
+my ($crc, $cout, $cerr) = $C->psql('postgres', q{SELECT ordflow.create_user('n', 'o', 1)});
+like($cerr, qr/ERROR:  .*no partition/i, "with owned_partitions = 'none' a new user is refused");
 $C->stop;
 
 # --- load on both nodes, from SQL, the generators and outside ------------

@@ -67,9 +67,10 @@ is(sa(q{SELECT count(*) FROM ordflow.orders
 	'generator: rows only for orders (without uid) in owned partitions');
 is(sa(q{SELECT count(*) FROM ordflow.outbox AS b
 		 WHERE b.routing_key <> 'order.created.' || ordflow.partition_of(b.order_id)
-			OR b.kind <> 'order'
+			OR b.kind <> CASE WHEN ordflow.partition_of(b.order_id) IN (0, 1) THEN 'order' ELSE 'forward' END
+			OR b.message_id <> b.order_id::text
 			OR (b.payload::jsonb ->> 'order_id')::bigint <> b.order_id}), '0',
-	'generator: every outbox row routed order.created.<partition of its order_id>');
+	'generator: every outbox row routed order.created.<partition of its order_id>, of kind forward where another node holds it');
 is(sa(q{SELECT count(*) FILTER (WHERE (o.order_id IS NOT NULL) <> (ordflow.partition_of(b.order_id) IN (0, 1))),
 			   count(*) FILTER (WHERE o.order_id IS NULL) > 0,
 			   count(*) FILTER (WHERE o.order_id IS NOT NULL) > 0
@@ -115,18 +116,19 @@ is(placed($id), "1/1/order order.created.0 $id", 'place_order, owned partition 0
 $id = sa("SELECT ordflow.place_order($u1, 10, 'P1', NULL)");
 is(placed($id), "1/1/order order.created.1 $id", 'place_order, owned partition 1: row, event, outbox to order.created.1');
 $id = sa("SELECT ordflow.place_order($other2, 10, 'P2', 2)");
-is(placed($id), "0/0/order order.created.2 $id",
-	'place_order, another node\'s partition 2: only the outbox row, to order.created.2');
+is(placed($id), "0/0/forward order.created.2 $id",
+	'place_order, another node\'s partition 2: only the outbox row (kind forward: no node or origin), to order.created.2');
 is(sa("SELECT payload::jsonb ->> 'uid' FROM ordflow.outbox WHERE order_id = $id"), $other2,
 	'... its message names the user');
 $id = sa("SELECT ordflow.place_order($other3, 10, 'P3', 2)");
-is(placed($id), "0/0/order order.created.3 $id", 'place_order, partition 3: only the outbox row');
+is(placed($id), "0/0/forward order.created.3 $id", 'place_order, partition 3: only the outbox row');
 for my $i (1 .. 4)
 {
 	$id = sa("SELECT ordflow.place_order(NULL, 10, 'NOUID', 1)");
 	my $p = sa("SELECT ordflow.partition_of($id)");
 	my $n = $p <= 1 ? 1 : 0;
-	is(placed($id), "$n/$n/order order.created.$p $id",
+	my $kind = $n ? 'order' : 'forward';
+	is(placed($id), "$n/$n/$kind order.created.$p $id",
 		"place_order without uid goes by its order_id (partition $p)");
 }
 is(sa(q{SELECT count(*) FROM ordflow.orders WHERE status <> 'initialised'}), '0', 'nothing processed (no broker)');
@@ -143,7 +145,8 @@ for my $i (0 .. $#in)
 {
 	my $p = $in[$i][1] // sa("SELECT ordflow.partition_of($ids[$i])");
 	my $n = $p <= 1 ? 1 : 0;
-	is(placed($ids[$i]), "$n/$n/order order.created.$p $ids[$i]",
+	my $kind = $n ? 'order' : 'forward';
+	is(placed($ids[$i]), "$n/$n/$kind order.created.$p $ids[$i]",
 		"place_orders element $i (uid $in[$i][0], partition $p): " . ($n ? 'row, event, outbox' : 'outbox only'));
 }
 is(sa(qq{SELECT uid FROM ordflow.orders WHERE order_id = $ids[2]}), $u1, 'the row has the element\'s uid');
