@@ -94,7 +94,7 @@ is($q->($C, $held_sql), '', '... and holds no partition');
 $q->($C, q{ALTER SYSTEM SET ordflow.owned_partitions = 'none'});
 $q->($C, 'SELECT pg_reload_conf()');
 my ($crc, $cout, $cerr) = $C->psql('postgres', q{SELECT ordflow.create_user('n', 'o', 1)});
-like($cerr, qr/ERROR:  .*no partition/i, "with owned_partitions = 'none' a new user is refused");
+like($cerr, qr/ERROR:  this node holds no uid partition/, "with owned_partitions = 'none' a new user is refused");
 $C->stop;
 
 # --- load on both nodes, from SQL, the generators and outside ------------
