@@ -40,13 +40,32 @@
 #define RETRY_MIN_MS		500
 #define RETRY_MAX_MS		10000
 
+/*
+ * Consumer i subscribes with priority -i (x-priority): the broker hands a
+ * message to the highest-priority consumer that has prefetch room, so
+ * consumer 1 gets work only while consumer 0 holds ordflow.prefetch unacked
+ * messages, i.e. cannot keep up.  Splitting a stream that one consumer
+ * keeps up with gains nothing and halves every batch: twice the commits,
+ * WAL flushes and acks for the same orders (measured: 2 consumers were
+ * slower than 1, bench/RESULTS.md).  Under a backlog the others take the
+ * overflow, and if consumer 0 stops, the next one takes over at once.
+ */
+static int	consumer_priority = 0;
+
 static bool
 consume(OfAmqp *a, const char *queue, const char *tag)
 {
 	char	   *what = psprintf("consuming from queue \"%s\"", queue);
+	amqp_table_entry_t prio;
+	amqp_table_t args;
 
+	prio.key = amqp_cstring_bytes("x-priority");
+	prio.value.kind = AMQP_FIELD_KIND_I32;
+	prio.value.value.i32 = consumer_priority;
+	args.num_entries = 1;
+	args.entries = &prio;
 	amqp_basic_consume(a->conn, OF_AMQP_CHANNEL, amqp_cstring_bytes(queue),
-					   amqp_cstring_bytes(tag), 0, 0, 0, amqp_empty_table);
+					   amqp_cstring_bytes(tag), 0, 0, 0, args);
 	return of_amqp_rpc_ok(a, what);
 }
 
@@ -259,6 +278,7 @@ ordflow_consumer_main(Datum main_arg)
 	OfBatchTuning tuning;
 
 	slot = of_worker_start(slotno, OF_WORKER_CONSUMER, slotno - OF_SLOT_CONSUMER0);
+	consumer_priority = -slot->index;
 	memset(&a, 0, sizeof(a));
 	a.fd = -1;
 	batch_cxt = AllocSetContextCreate(TopMemoryContext, "ordflow consumer batch",
