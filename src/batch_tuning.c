@@ -20,6 +20,16 @@
  *	   there at once.  Messages that arrive while a batch is processed make
  *	   the next batch, so batches still grow with the rate.
  *
+ * Sharing a queue (ordflow.consumer_priorities, on by default): consumer
+ * i subscribes with x-priority -i, and the broker hands a message to the
+ * highest-priority consumer that has prefetch room.  So consumer 1 gets
+ * work only while consumer 0 holds ordflow.prefetch unacked messages, i.e.
+ * cannot keep up, and takes over at once if consumer 0 stops.  Splitting a
+ * stream that one consumer keeps up with gains nothing and halves every
+ * batch: twice the commits, WAL flushes and acks for the same orders
+ * (measured: 2 consumers were slower than 1, bench/RESULTS.md).  Off: the
+ * broker spreads messages round-robin (all at priority 0).
+ *
  * The prefetch is not adapted: RabbitMQ applies a per-consumer basic.qos
  * only to consumers created after it (changing it means re-subscribing),
  * and the channel-wide (global) one that applies at once makes every
@@ -31,6 +41,7 @@
  */
 #include "postgres.h"
 
+#include "utils/guc.h"
 #include "utils/timestamp.h"
 
 #include "batch_tuning.h"
@@ -40,6 +51,26 @@
 #define OF_BATCH_WAIT_WORTH		8.0
 /* weight of the newest rate sample in the moving average */
 #define OF_RATE_ALPHA			0.3
+
+bool		ordflow_consumer_priorities = true;
+
+void
+of_define_consumer_settings(void)
+{
+	DefineCustomBoolVariable("ordflow.consumer_priorities",
+							 "Consumer i subscribes with priority -i: the next consumer gets messages only when those before it are full.",
+							 "Off: the broker spreads messages over the consumers round-robin. "
+							 "A consumer applies a change when it subscribes again (it reconnects for it).",
+							 &ordflow_consumer_priorities, true,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+}
+
+/* x-priority of consumer number index */
+int
+of_consumer_priority(int index)
+{
+	return ordflow_consumer_priorities ? -index : 0;
+}
 
 void
 of_batch_tuning_init(OfBatchTuning *t)

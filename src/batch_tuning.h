@@ -3,7 +3,8 @@
  * batch_tuning.h
  *	  A consumer's batch size and batch wait, adapted to the rate and the
  *	  backlog it sees (ordflow.batch_size and ordflow.batch_wait_ms stay the
- *	  upper bounds).
+ *	  upper bounds), and how consumers share a queue
+ *	  (ordflow.consumer_priorities).
  *
  *-------------------------------------------------------------------------
  */
@@ -19,6 +20,10 @@ typedef struct OfBatchTuning
 	int			target;			/* messages to collect, 1 .. batch_size */
 } OfBatchTuning;
 
+extern bool ordflow_consumer_priorities;
+
+extern void of_define_consumer_settings(void);
+extern int	of_consumer_priority(int index);
 extern void of_batch_tuning_init(OfBatchTuning *t);
 extern int	of_batch_target(const OfBatchTuning *t);
 extern long of_batch_wait_ms(const OfBatchTuning *t);

@@ -40,16 +40,7 @@
 #define RETRY_MIN_MS		500
 #define RETRY_MAX_MS		10000
 
-/*
- * Consumer i subscribes with priority -i (x-priority): the broker hands a
- * message to the highest-priority consumer that has prefetch room, so
- * consumer 1 gets work only while consumer 0 holds ordflow.prefetch unacked
- * messages, i.e. cannot keep up.  Splitting a stream that one consumer
- * keeps up with gains nothing and halves every batch: twice the commits,
- * WAL flushes and acks for the same orders (measured: 2 consumers were
- * slower than 1, bench/RESULTS.md).  Under a backlog the others take the
- * overflow, and if consumer 0 stops, the next one takes over at once.
- */
+/* x-priority of this consumer's subscriptions (batch_tuning.c) */
 static int	consumer_priority = 0;
 
 static bool
@@ -278,7 +269,6 @@ ordflow_consumer_main(Datum main_arg)
 	OfBatchTuning tuning;
 
 	slot = of_worker_start(slotno, OF_WORKER_CONSUMER, slotno - OF_SLOT_CONSUMER0);
-	consumer_priority = -slot->index;
 	memset(&a, 0, sizeof(a));
 	a.fd = -1;
 	batch_cxt = AllocSetContextCreate(TopMemoryContext, "ordflow consumer batch",
@@ -296,6 +286,11 @@ ordflow_consumer_main(Datum main_arg)
 		MemoryContextSwitchTo(batch_cxt);
 		if (a.conn)
 			amqp_maybe_release_buffers(a.conn);
+		/* ordflow.consumer_priorities changed: subscribe again */
+		if (a.conn && consuming_on == a.generation &&
+			consumer_priority != of_consumer_priority(slot->index))
+			of_amqp_disconnect(&a, true);
+		consumer_priority = of_consumer_priority(slot->index);
 		if (!ensure_consuming(&a, slot, &consuming_on))
 			continue;
 
