@@ -117,7 +117,7 @@ _bench_plot_figures()
 	_bench_plot_data "$dir/results.csv" "$tmp" || return 1
 	run=$(cat "$tmp/run_id")
 	cat > "$tmp/figures.gp" <<-EOF
-		set terminal pngcairo size 1200,900 enhanced font 'DejaVu Sans,10'
+		set terminal pngcairo size 1200,900 noenhanced font 'DejaVu Sans,10'
 		set output '$tmp/figures.png'
 		set datafile separator ','
 		set style fill solid 0.75 border -1
