@@ -33,8 +33,9 @@
  * The prefetch is not adapted: RabbitMQ applies a per-consumer basic.qos
  * only to consumers created after it (changing it means re-subscribing),
  * and the channel-wide (global) one that applies at once makes every
- * delivery ask the channel's limiter: measured here, it cut a 50,000-order
- * drain from ~11.6k to ~8k orders/s, with batches of ~115 instead of ~185.
+ * delivery ask the channel's limiter: measured here, 50,000-order drains
+ * ran at 7-9k orders/s with it against 11.5k without, in batches of ~115
+ * instead of ~185 (bench/RESULTS.md).
  * ordflow.prefetch stays what each consumer may hold.
  *
  *-------------------------------------------------------------------------
