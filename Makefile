@@ -17,6 +17,7 @@ OBJS = \
 	src/relay_broker.o \
 	src/relay_outbox.o \
 	src/consumer.o \
+	src/batch_tuning.o \
 	src/order_processing.o \
 	src/partition_claims.o \
 	src/partitions.o \

@@ -11,13 +11,25 @@
 #                        stopped, commit -> metrics() shows N processed;
 #                        anonymous orders, orders of existing users (credit
 #                        checks), and anonymous with ordflow.consumers = 2
+#                        (in the same round, right after)
 #   3. sustained         generator at ordflow.start(1000000) for 30 s
 #   4. latency           generator at 1000/s for 30 s: metrics() vs recompute
+#   4b.                  the same at 100/s
 #   5. metrics() cost    median of 100 calls with 1k and 1M processed orders
 #   6. naive baseline    ordflow.batch_size = 1 (one transaction and one ack
 #                        per message); 6b adds relay_batch_size = 1
-# Medians of --runs rounds (3; 1 with --quick, which also shortens
-# everything).  Prints a table and the ratios and writes bench/out/
+#   7. bulk              100,000 orders placed in one transaction, with
+#                        place_orders() and with place_order(), timed from
+#                        the first call until all are processed; and the
+#                        placement rate alone (first call to commit)
+#   8. many clients      pgbench -c 16 -j 2 -T 30, one place_order() per
+#                        transaction, until all are processed, against the
+#                        same pgbench with one CTE inserting the same three
+#                        rows into plain tables
+# CPU per order (every process of the pipeline: relay, consumers, broker,
+# postgres) is reported beside the raw pipe's CPU per message (broker and
+# raw_pipe's two processes).  Medians of --runs rounds (3; 1 with --quick,
+# which also shortens everything).  Prints a table and the ratios and writes bench/out/
 # results.csv (one figure per line) and bench/out/sustained.csv (the
 # sustained run, one line a second), and draws them (bench/plot.sh, gnuplot)
 # into bench/out/figures.png and bench/out/sustained.png.  --profile adds a drain under
@@ -58,6 +70,8 @@ if [ -n "$QUICK" ]; then
 	N_NAIVE=2000		# orders per naive drain (it is ~10x slower)
 	SUSTAIN_S=10
 	LATENCY_S=10
+	N_BULK=20000
+	MC_S=10				# pgbench -T
 else
 	RUNS=${RUNS:-3}
 	N_RAW=100000
@@ -65,6 +79,8 @@ else
 	N_NAIVE=5000
 	SUSTAIN_S=30
 	LATENCY_S=30
+	N_BULK=100000
+	MC_S=30
 fi
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive whole number"
 N_USERS=1000
@@ -80,7 +96,8 @@ fi
 
 OUT=$ROOT/bench/out
 mkdir -p "$OUT"
-WORK=$(mktemp -d /var/tmp/ordflow-bench.XXXXXX) || die "mktemp failed"
+# ORDFLOW_BENCH_TMP: where the work folder goes (default /var/tmp)
+WORK=$(mktemp -d "${ORDFLOW_BENCH_TMP:-/var/tmp}/ordflow-bench.XXXXXX") || die "mktemp failed"
 chmod 755 "$WORK"
 # shellcheck source=lib.sh
 . "$ROOT/bench/lib.sh"
@@ -148,6 +165,26 @@ pg >/dev/null <<-'EOF' || die "setting up the database failed"
 					   FROM unnest(ms) AS x;
 	END $$;
 EOF
+# 8.'s baseline: the rows place_order() writes, in plain tables (same
+# columns, defaults and indexes, no checks), and the one CTE that writes them
+pg >/dev/null <<-'EOF' || die "creating the plain tables failed"
+	CREATE TABLE public.bare_orders (LIKE ordflow.orders INCLUDING DEFAULTS);
+	ALTER TABLE public.bare_orders ADD PRIMARY KEY (order_id);
+	CREATE TABLE public.bare_events (LIKE ordflow.order_events INCLUDING DEFAULTS INCLUDING IDENTITY);
+	ALTER TABLE public.bare_events ADD PRIMARY KEY (event_id);
+	CREATE INDEX ON public.bare_events (order_id);
+	CREATE TABLE public.bare_outbox (LIKE ordflow.outbox INCLUDING DEFAULTS INCLUDING IDENTITY);
+	ALTER TABLE public.bare_outbox ADD PRIMARY KEY (id);
+EOF
+cat > "$WORK/mc_place_order.sql" <<-'EOF'
+	\set q random(1, 10)
+	SELECT ordflow.place_order(NULL, NULL, 'ABC', :q);
+EOF
+cat > "$WORK/mc_bare.sql" <<-'EOF'
+	\set q random(1, 10)
+	WITH o AS (INSERT INTO public.bare_orders (uid, amount, symbol, quantity) VALUES (NULL, NULL, 'ABC', :q) RETURNING order_id, uid, symbol, quantity, amount, created_at), e AS (INSERT INTO public.bare_events (order_id, uid, status, amount) SELECT order_id, uid, 'initialised', amount FROM o) INSERT INTO public.bare_outbox (order_id, routing_key, payload) SELECT order_id, 'order.created', json_build_object('order_id', order_id, 'uid', uid, 'symbol', symbol, 'quantity', quantity, 'amount', amount, 'created_at', to_char(timezone('UTC', created_at), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text FROM o;
+EOF
+chmod 644 "$WORK"/mc_*.sql
 pg -c "SELECT count(ordflow.create_user('Bench' || i, 'User' || i, 1e12))
        FROM generate_series(1, $N_USERS) AS i" >/dev/null || die "create_user failed"
 MIN_UID=$(pg -c "SELECT min(uid) FROM ordflow.users")
@@ -204,29 +241,43 @@ cpu_snapshot()
 	local name pid
 	while read -r name pid; do echo "$name $pid $(ticks "$pid")"; done < "$WORK/cpu.pids" > "$1"
 }
-# cpu_report TEST ROUND SECONDS: CPU seconds per component between the two
-# snapshots, as a share of one core over the drain
+# cpu_report TEST ROUND SECONDS ORDERS: CPU seconds per component between
+# the two snapshots, as a share of one core over the drain, and the CPU of
+# all of them per order (a process that started in between counts from 0)
 cpu_report()
 {
-	awk -v tck="$CLK_TCK" -v secs="$3" -v test="$1" -v round="$2" -v run="$RUN_ID" '
+	awk -v tck="$CLK_TCK" -v secs="$3" -v orders="$4" -v test="$1" -v round="$2" -v run="$RUN_ID" '
 		FNR == NR { a[$2] = $3; next }
 		{
 			n = $1; if (n ~ /^pg:/) n = "other_postgres"
 			seen[$2]++; if (seen[$2] > 1) next
-			c[n] += ($3 - a[$2]) / tck
+			d = ($3 - a[$2]) / tck; c[n] += d; all += d
 		}
 		END {
 			for (n in c) printf "%s,%s,%s,cpu_%s,%.3f,core_fraction\n", run, test, round, n, c[n] / secs
+			printf "%s,%s,%s,cpu_cores,%.3f,core_fraction\n", run, test, round, all / secs
+			if (orders > 0) printf "%s,%s,%s,cpu_us_per_order,%.1f,us\n", run, test, round, all * 1e6 / orders
 		}' "$WORK/cpu.before" "$WORK/cpu.after" >> "$WORK/results.tmp"
 }
 
 # 1. raw broker pipe
+# the broker's CPU ticks around the run, and raw_pipe's own (it waits for
+# its forked consumer, so the subshell's children times hold both)
 raw_once()
 {
-	local r=$1 out rate
-	out=$("$WORK/raw_pipe" 127.0.0.1 "$MQ_PORT" "$N_RAW" 1000 2000 500) || die "raw_pipe failed"
+	local r=$1 out rate t0 t1 client
+	t0=$(ticks "$MQ_PID")
+	out=$( ("$WORK/raw_pipe" 127.0.0.1 "$MQ_PORT" "$N_RAW" 1000 2000 500 || exit 1; times) ) || die "raw_pipe failed"
+	t1=$(ticks "$MQ_PID")
+	# `times`: the shell's user/sys, then its children's: "0m1.234s 0m0.567s"
+	client=$(tail -n1 <<< "$out" | awk '{ s = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); s += a[1] * 60 + a[2] } print s }')
+	out=$(head -n1 <<< "$out")
 	rate=$(sed -n 's/.* rate=\([0-9.]*\).*/\1/p' <<< "$out")
 	record raw_pipe "$r" msgs_per_s "$rate" msg/s
+	record raw_pipe "$r" cpu_us_per_msg \
+		"$(awk -v a="$t0" -v b="$t1" -v c="$client" -v tck="$CLK_TCK" -v n="$N_RAW" 'BEGIN { printf "%.1f", ((b - a) / tck + c) * 1e6 / n }')" us
+	record raw_pipe "$r" cpu_rabbitmq_us_per_msg \
+		"$(awk -v a="$t0" -v b="$t1" -v tck="$CLK_TCK" -v n="$N_RAW" 'BEGIN { printf "%.1f", (b - a) / tck * 1e6 / n }')" us
 	say "  raw pipe, round $r: $out"
 }
 
@@ -256,7 +307,7 @@ drain_once()
 	record "$test" "$r" seconds "$secs" s
 	record "$test" "$r" place_order_per_s \
 		"$(awk -v n="$n" -v a="$t_start" -v b="$t_commit" 'BEGIN { printf "%.1f", n / (b - a) }')" orders/s
-	cpu_report "$test" "$r" "$secs"
+	cpu_report "$test" "$r" "$secs" "$n"
 	say "  $test, round $r: $n orders in $secs s = $rate orders/s"
 }
 
@@ -279,12 +330,111 @@ reset_pipeline()
 	pg -c "SELECT ordflow.truncate()" >/dev/null
 }
 
+# 7. bulk: N orders in one transaction, with place_orders() (FN=orders:
+# the JSON array built in the server, inside the timed statement) or with
+# place_order() (FN=order), timed from the first call: until the commit
+# (placement) and until metrics() shows them all processed (the whole job)
+bulk_once()
+{
+	local fn=$1 r=$2 n=$3 test=bulk_place_$1 sql t_start t_commit t_done
+	if [ "$fn" = orders ]; then
+		sql="SELECT count(*) FROM ordflow.place_orders((SELECT jsonb_agg(jsonb_build_object('symbol', 'ABC', 'quantity', 1 + i % 10)) FROM generate_series(1, $n) AS i))"
+	else
+		sql="SELECT count(ordflow.place_order(NULL, NULL, 'ABC', 1 + i % 10)) FROM generate_series(1, $n) AS i"
+	fi
+	pg -c "SELECT ordflow.truncate()" >/dev/null || die "truncate failed"
+	cpu_pids > "$WORK/cpu.pids"
+	cpu_snapshot "$WORK/cpu.before"
+	read -r t_start t_commit < <(pg -F ' ' <<-EOF | tail -n1
+		SELECT extract(epoch FROM clock_timestamp()) AS t_start \gset
+		BEGIN;
+		$sql;
+		COMMIT;
+		SELECT :t_start, extract(epoch FROM clock_timestamp());
+	EOF
+	)
+	[ -n "$t_commit" ] || die "$test: placing $n orders failed"
+	t_done=$(pg -c "SELECT public.bench_wait_processed($n, 600)") || die "$test: orders were not processed"
+	cpu_snapshot "$WORK/cpu.after"
+	record "$test" "$r" orders_per_s "$(awk -v n="$n" -v a="$t_start" -v b="$t_done" 'BEGIN { printf "%.1f", n / (b - a) }')" orders/s
+	record "$test" "$r" place_per_s "$(awk -v n="$n" -v a="$t_start" -v b="$t_commit" 'BEGIN { printf "%.1f", n / (b - a) }')" orders/s
+	record "$test" "$r" seconds "$(awk -v a="$t_start" -v b="$t_done" 'BEGIN { printf "%.4f", b - a }')" s
+	cpu_report "$test" "$r" "$(awk -v a="$t_start" -v b="$t_done" 'BEGIN { printf "%.4f", b - a }')" "$n"
+	say "  $test, round $r: $n orders placed in $(awk -v a="$t_start" -v b="$t_commit" 'BEGIN { printf "%.2f", b - a }') s, all processed after $(awk -v a="$t_start" -v b="$t_done" 'BEGIN { printf "%.2f", b - a }') s"
+}
+
+# 8. many clients: pgbench with SCRIPT (place_order or bare); for
+# place_order also the time until every order it placed was processed
+pgb() { as_pg pgbench -h "$SOCK" -p "$PG_PORT" -n -c 16 -j 2 -T "$MC_S" -f "$1" postgres; }
+mc_once()
+{
+	local what=$1 r=$2 out tps t_start t_done n
+	pg -c "SELECT ordflow.truncate()" -c "TRUNCATE public.bare_orders, public.bare_events, public.bare_outbox" \
+		-c "CHECKPOINT" >/dev/null || die "truncate failed"
+	t_start=$(pg -c "SELECT extract(epoch FROM clock_timestamp())")
+	out=$(pgb "$WORK/mc_$what.sql" 2>&1) || { say "$out"; die "pgbench ($what) failed"; }
+	tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<< "$out" | head -n1)
+	record "mc_$what" "$r" tps "$tps" tx/s
+	if [ "$what" = place_order ]; then
+		n=$(pg -c "SELECT count(*) FROM ordflow.orders")
+		t_done=$(pg -c "SELECT public.bench_wait_processed($n, 600)") || die "many clients: orders were not processed"
+		record "mc_$what" "$r" orders_per_s "$(awk -v n="$n" -v a="$t_start" -v b="$t_done" 'BEGIN { printf "%.1f", n / (b - a) }')" orders/s
+		record "mc_$what" "$r" drain_after_s "$(awk -v a="$t_start" -v b="$t_done" -v t="$MC_S" 'BEGIN { printf "%.2f", b - a - t }')" s
+		say "  pgbench place_order(), round $r: $tps tps, $n orders, all processed $(awk -v a="$t_start" -v b="$t_done" -v t="$MC_S" 'BEGIN { printf "%.2f", b - a - t }') s after pgbench ended"
+	else
+		say "  pgbench bare CTE, round $r: $tps tps"
+	fi
+}
+
+# 4. latency: generator at RATE orders/s for SECS s, then p50/p99 from
+# metrics() and recomputed from the orders (TEST names the figures)
+latency_run()
+{
+	local test=$1 rate=$2 secs=$3 made
+	pg -c "SELECT ordflow.truncate()" >/dev/null
+	pg -c "SELECT ordflow.start($rate)" >/dev/null
+	sleep "$secs"
+	pg -c "SELECT ordflow.stop()" >/dev/null
+	made=$(pg -c "SELECT count(*) FROM ordflow.orders")
+	pg -c "SELECT public.bench_wait_processed($made, 120)" >/dev/null || die "latency run: orders were not processed"
+	pg -F ',' >> "$WORK/results.tmp" <<-EOF || die "latency query failed"
+		WITH m AS (SELECT * FROM ordflow.metrics()),
+		h AS (SELECT max(u.k) - 1 AS top  -- highest non-empty histogram bucket
+		        FROM ordflow.metrics_totals AS t,
+		             unnest(t.latency_hist) WITH ORDINALITY AS u(x, k)
+		       WHERE u.x > 0),
+		r AS (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
+		             percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99,
+		             max(ms) AS mx, count(*) AS n, count(*) FILTER (WHERE ms > 500) AS slow
+		        FROM (SELECT extract(epoch FROM processed_at - created_at) * 1000 AS ms
+		                FROM ordflow.orders WHERE processed_at IS NOT NULL) AS s)
+		SELECT '$RUN_ID', '$test', 1, v.metric, round(v.value::numeric, 3), v.unit
+		  FROM m, h, r, LATERAL (VALUES
+		       ('orders', r.n::float8, 'orders'),
+		       ('rate', r.n::float8 / $secs, 'orders/s'),
+		       ('metrics_p50_ms', m.latency_p50_ms, 'ms'),
+		       ('metrics_p99_ms', m.latency_p99_ms, 'ms'),
+		       ('metrics_max_bucket_upper_ms', 0.01 * power(2::float8, h.top / 8.0), 'ms'),
+		       ('table_p50_ms', r.p50, 'ms'),
+		       ('table_p99_ms', r.p99, 'ms'),
+		       ('table_max_ms', r.mx, 'ms'),
+		       ('table_over_500ms', r.slow::float8, 'orders')) AS v(metric, value, unit);
+	EOF
+}
+
 T_BEGIN=$(date +%s)
-step "1+2. raw broker pipe ($N_RAW messages) and ordflow drain ($N_DRAIN orders, 1 consumer), $RUNS round(s)"
+# each round: raw pipe, drains with 1 consumer, then with 2, back to back,
+# so that the paired ratios compare figures taken under the same load
+step "1+2. raw broker pipe ($N_RAW messages) and ordflow drain ($N_DRAIN orders, 1 and 2 consumers), $RUNS round(s)"
 for ((r = 1; r <= RUNS; r++)); do
 	raw_once "$r"
 	drain_once drain_1c "$r" NULL "$N_DRAIN"
 	drain_once drain_1c_users "$r" "$MIN_UID + i % $N_USERS" "$N_DRAIN"
+	set_guc ordflow.consumers 2
+	wait_consumers 2
+	drain_once drain_2c "$r" NULL "$N_DRAIN"
+	pg -c "ALTER SYSTEM RESET ordflow.consumers" -c "SELECT pg_reload_conf()" >/dev/null
+	wait_consumers 1
 done
 
 if [ -n "$PROFILE" ]; then
@@ -316,15 +466,6 @@ drain_once naive_batch1_relay1 1 NULL "$N_NAIVE"
 pg -c "ALTER SYSTEM RESET ordflow.batch_size" -c "ALTER SYSTEM RESET ordflow.relay_batch_size" \
 	-c "SELECT pg_reload_conf()" >/dev/null
 sleep 1.5
-
-step "2b. ordflow drain with ordflow.consumers = 2, $RUNS round(s)"
-set_guc ordflow.consumers 2
-wait_consumers 2
-for ((r = 1; r <= RUNS; r++)); do
-	drain_once drain_2c "$r" NULL "$N_DRAIN"
-done
-pg -c "ALTER SYSTEM RESET ordflow.consumers" -c "SELECT pg_reload_conf()" >/dev/null
-wait_consumers 1
 
 step "3. sustained: generator at its top rate for $SUSTAIN_S s"
 pg -c "SELECT ordflow.truncate()" >/dev/null
@@ -358,36 +499,22 @@ awk -F, -v run="$RUN_ID" -v outbox="$OUTBOX" -v init="$INIT" '
 say "  made $(median sustained made_per_s)/s, processed $(median sustained processed_per_s)/s, backlog at the end $(median sustained backlog_end) (outbox $OUTBOX, initialised $INIT)"
 reset_pipeline
 
-step "4. latency: generator at 1000 orders/s for $LATENCY_S s"
-pg -c "SELECT ordflow.truncate()" >/dev/null
-pg -c "SELECT ordflow.start(1000)" >/dev/null
-sleep "$LATENCY_S"
-pg -c "SELECT ordflow.stop()" >/dev/null
-MADE=$(pg -c "SELECT count(*) FROM ordflow.orders")
-pg -c "SELECT public.bench_wait_processed($MADE, 120)" >/dev/null || die "latency run: orders were not processed"
-pg -F ',' >> "$WORK/results.tmp" <<-EOF || die "latency query failed"
-	WITH m AS (SELECT * FROM ordflow.metrics()),
-	h AS (SELECT max(u.k) - 1 AS top  -- highest non-empty histogram bucket
-	        FROM ordflow.metrics_totals AS t,
-	             unnest(t.latency_hist) WITH ORDINALITY AS u(x, k)
-	       WHERE u.x > 0),
-	r AS (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
-	             percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99,
-	             max(ms) AS mx, count(*) AS n, count(*) FILTER (WHERE ms > 500) AS slow
-	        FROM (SELECT extract(epoch FROM processed_at - created_at) * 1000 AS ms
-	                FROM ordflow.orders WHERE processed_at IS NOT NULL) AS s)
-	SELECT '$RUN_ID', 'latency', 1, v.metric, round(v.value::numeric, 3), v.unit
-	  FROM m, h, r, LATERAL (VALUES
-	       ('orders', r.n::float8, 'orders'),
-	       ('rate', r.n::float8 / $LATENCY_S, 'orders/s'),
-	       ('metrics_p50_ms', m.latency_p50_ms, 'ms'),
-	       ('metrics_p99_ms', m.latency_p99_ms, 'ms'),
-	       ('metrics_max_bucket_upper_ms', 0.01 * power(2::float8, h.top / 8.0), 'ms'),
-	       ('table_p50_ms', r.p50, 'ms'),
-	       ('table_p99_ms', r.p99, 'ms'),
-	       ('table_max_ms', r.mx, 'ms'),
-	       ('table_over_500ms', r.slow::float8, 'orders')) AS v(metric, value, unit);
-EOF
+step "4. latency: generator at 1000 and at 100 orders/s, $LATENCY_S s each"
+latency_run latency 1000 "$LATENCY_S"
+latency_run latency_100 100 "$LATENCY_S"
+
+step "7. bulk: $N_BULK orders in one transaction, place_orders() and place_order(), $RUNS round(s)"
+for ((r = 1; r <= RUNS; r++)); do
+	bulk_once orders "$r" "$N_BULK"
+	bulk_once order "$r" "$N_BULK"
+done
+
+step "8. many clients: pgbench -c 16 -j 2 -T $MC_S, place_order() and the bare CTE, $RUNS round(s)"
+for ((r = 1; r <= RUNS; r++)); do
+	mc_once place_order "$r"
+	mc_once bare "$r"
+done
+pg -c "TRUNCATE public.bare_orders, public.bare_events, public.bare_outbox" >/dev/null
 
 step "5. metrics() cost with 1k and with $N_BIG processed orders"
 pg -c "SELECT ordflow.truncate()" >/dev/null
@@ -430,10 +557,15 @@ T_END=$(date +%s)
 # ---------------------------------------------------------------------------
 # summary
 
-for t in raw_pipe:msgs_per_s drain_1c:orders_per_s drain_1c_users:orders_per_s drain_2c:orders_per_s \
+for t in raw_pipe:msgs_per_s raw_pipe:cpu_us_per_msg raw_pipe:cpu_rabbitmq_us_per_msg \
+	drain_1c:orders_per_s drain_1c_users:orders_per_s drain_2c:orders_per_s \
 	naive_batch1:orders_per_s naive_batch1_relay1:orders_per_s \
 	drain_1c:cpu_relay drain_1c:cpu_consumer_0 drain_1c:cpu_rabbitmq drain_1c:cpu_other_postgres \
-	drain_2c:cpu_consumer_0 drain_2c:cpu_consumer_1; do
+	drain_1c:cpu_us_per_order drain_1c_users:cpu_us_per_order drain_2c:cpu_us_per_order \
+	drain_2c:cpu_consumer_0 drain_2c:cpu_consumer_1 drain_2c:cpu_rabbitmq drain_2c:cpu_relay \
+	bulk_place_orders:orders_per_s bulk_place_orders:place_per_s bulk_place_order:orders_per_s \
+	bulk_place_order:place_per_s bulk_place_orders:cpu_us_per_order \
+	mc_place_order:tps mc_place_order:orders_per_s mc_bare:tps; do
 	v=$(median "${t%%:*}" "${t#*:}")
 	[ -n "$v" ] && record "${t%%:*}" median "${t#*:}" "$v" "$(awk -F, -v t="${t%%:*}" -v m="${t#*:}" '$2 == t && $4 == m { print $6; exit }' "$WORK/results.tmp")"
 done
@@ -448,43 +580,78 @@ S_MADE=$(median sustained made_per_s)
 S_PROC=$(median sustained processed_per_s)
 S_GROW=$(median sustained backlog_growth_per_s_2nd_half)
 S_BACK=$(median sustained backlog_end)
-L_MP50=$(median latency metrics_p50_ms)
 L_MP99=$(median latency metrics_p99_ms)
 L_MMAX=$(median latency metrics_max_bucket_upper_ms)
 L_TP50=$(median latency table_p50_ms)
 L_TP99=$(median latency table_p99_ms)
 L_TMAX=$(median latency table_max_ms)
 L_RATE=$(median latency rate)
+L1_TP50=$(median latency_100 table_p50_ms)
+L1_TP99=$(median latency_100 table_p99_ms)
+L1_MP99=$(median latency_100 metrics_p99_ms)
+L1_TMAX=$(median latency_100 table_max_ms)
+L1_RATE=$(median latency_100 rate)
 M1K=$(awk -F, '$2 == "metrics_cost" && $3 == "1k" && $4 == "median_ms" { print $5 }' "$WORK/results.tmp")
 M1M=$(awk -F, '$2 == "metrics_cost" && $3 == "1M" && $4 == "median_ms" { print $5 }' "$WORK/results.tmp")
+B_OS=$(median bulk_place_orders orders_per_s)
+B_OSP=$(median bulk_place_orders place_per_s)
+B_O=$(median bulk_place_order orders_per_s)
+B_OP=$(median bulk_place_order place_per_s)
+MC_P=$(median mc_place_order tps)
+MC_PE=$(median mc_place_order orders_per_s)
+MC_PD=$(median mc_place_order drain_after_s)
+MC_B=$(median mc_bare tps)
+CPU_RAW=$(median raw_pipe cpu_us_per_msg)
+CPU_RAW_MQ=$(median raw_pipe cpu_rabbitmq_us_per_msg)
+CPU_D1=$(median drain_1c cpu_us_per_order)
+CPU_D1U=$(median drain_1c_users cpu_us_per_order)
+CPU_D2=$(median drain_2c cpu_us_per_order)
+CPU_B=$(median bulk_place_orders cpu_us_per_order)
 
 # TEST/raw_pipe round by round (the two ran back to back), then the median:
 # steadier than a ratio of medians when the machine's load drifts
+# (paired_ratio TEST REF: against REF's orders/s instead)
 paired_ratio()
 {
-	awk -F, -v t="$1" '$3 != "median" && $2 == "raw_pipe" && $4 == "msgs_per_s" { raw[$3] = $5 }
+	awk -F, -v t="$1" -v ref="${2:-}" '$3 != "median" && ref == "" && $2 == "raw_pipe" && $4 == "msgs_per_s" { raw[$3] = $5 }
+		$3 != "median" && ref != "" && $2 == ref && $4 == "orders_per_s" { raw[$3] = $5 }
 		$3 != "median" && $2 == t && $4 == "orders_per_s" { v[$3] = $5 }
 		END { for (r in v) if (raw[r] > 0) printf "%.4f\n", v[r] / raw[r] }' "$WORK/results.tmp" |
 		sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) exit; if (NR % 2) printf "%.2f\n", a[(NR + 1) / 2]; else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 P21=$(paired_ratio drain_1c)
 P2U1=$(paired_ratio drain_1c_users)
+P2C2=$(paired_ratio drain_2c drain_1c)
 R21=$(ratio "$D1" "$RAW")
 R2U1=$(ratio "$D1U" "$RAW")
 R2C1=$(ratio "$D2" "$RAW")
+R2C2=$(ratio "$D2" "$D1")
 R31=$(ratio "$S_PROC" "$RAW")
 R62=$(ratio "$NAIVE" "$D1")
 R26=$(ratio "$D1" "$NAIVE")
 RM=$(ratio "$M1M" "$M1K")
+RB=$(ratio "$B_OS" "$RAW")
+RBO=$(ratio "$B_O" "$RAW")
+RMC=$(ratio "$MC_PE" "$MC_B")
+RMCT=$(ratio "$MC_P" "$MC_B")
+RCPU=$(ratio "$CPU_D1" "$CPU_RAW")
+S_BOUNDED=$(awk -v g="$S_GROW" -v p="$S_PROC" 'BEGIN { print (g != "" && p != "" && g <= 0.05 * p) ? "yes" : "no" }')
 
 record ratio median drain_over_raw "$R21" x
 record ratio paired_median drain_over_raw "$P21" x
 record ratio paired_median drain_users_over_raw "$P2U1" x
 record ratio median drain_users_over_raw "$R2U1" x
 record ratio median drain_2c_over_raw "$R2C1" x
+record ratio median drain_2c_over_1c "$R2C2" x
+record ratio paired_median drain_2c_over_1c "$P2C2" x
 record ratio median sustained_processed_over_raw "$R31" x
 record ratio median naive_over_drain "$R62" x
 record ratio median metrics_1M_over_1k "$RM" x
+record ratio median bulk_place_orders_over_raw "$RB" x
+record ratio median bulk_place_order_over_raw "$RBO" x
+record ratio median many_clients_over_bare "$RMC" x
+record ratio median many_clients_tps_over_bare "$RMCT" x
+record ratio median cpu_per_order_over_raw_per_msg "$RCPU" x
 
 {
 	echo "run_id,test,round,metric,value,unit"
@@ -498,45 +665,54 @@ record ratio median metrics_1M_over_1k "$RM" x
 bench_plot "$OUT" || say "warning: drawing the plots failed (bench/plot.sh $OUT redraws them)"
 
 verdict() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { if (v == "" || v == "-") { print "n/a"; exit }
-	ok = (op == ">=") ? (v + 0 >= t + 0) : (v + 0 <= t + 0); print ok ? "met" : "MISSED" }'; }
+	ok = (op == ">=") ? (v + 0 >= t + 0) : (op == "<") ? (v + 0 < t + 0) : (v + 0 <= t + 0); print ok ? "met" : "MISSED" }'; }
+row() { printf '  %-4s %-46s %14s   %s\n' "$1" "$2" "$3" "$4"; }
+tgt() { printf '  %-50s %6s  %-9s %s\n' "$1" "$2" "$3" "$(verdict "$2" "$4" "$5")${6:+ $6}"; }
 
 cat <<EOF
 
 ordflow benchmark, $RUN_ID, $(nproc) cores, medians of $RUNS round(s)$([ -n "$QUICK" ] && echo ", --quick")
-(run took $((T_END - T_BEGIN)) s of measuring; synchronous_commit = on)
+commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo " (+ uncommitted changes)"); run took $((T_END - T_BEGIN)) s of measuring; synchronous_commit = on
 
-  #   measure                                          value        unit
-  1   raw broker pipe ($N_RAW msgs)              $(printf '%12s' "$(fmt "$RAW")")   msg/s
-  2   ordflow drain, 1 consumer ($N_DRAIN)         $(printf '%12s' "$(fmt "$D1")")   orders/s
-  2u  ordflow drain, 1 consumer, users' orders    $(printf '%12s' "$(fmt "$D1U")")   orders/s
-  2c  ordflow drain, 2 consumers                  $(printf '%12s' "$(fmt "$D2")")   orders/s
-  3   sustained, generator made                   $(printf '%12s' "$(fmt "$S_MADE")")   orders/s
-  3   sustained, processed                        $(printf '%12s' "$(fmt "$S_PROC")")   orders/s
-  3   sustained, backlog growth (2nd half)        $(printf '%12s' "$(fmt "$S_GROW")")   orders/s
-  3   sustained, backlog at the end               $(printf '%12s' "$(fmt "$S_BACK")")   orders
-  4   latency at $(fmt "$L_RATE")/s, metrics() p50 / p99      $(printf '%12s' "$(fmt "$L_MP50" 1) / $(fmt "$L_MP99" 1)")   ms
-  4   latency, recomputed p50 / p99               $(printf '%12s' "$(fmt "$L_TP50" 1) / $(fmt "$L_TP99" 1)")   ms
-  4   latency max: histogram bucket / table       $(printf '%12s' "$(fmt "$L_MMAX" 1) / $(fmt "$L_TMAX" 1)")   ms
-  4   orders slower than 500 ms                   $(printf '%12s' "$(fmt "$(median latency table_over_500ms)")")   orders
-  5   metrics() median, 1k processed              $(printf '%12s' "$(fmt "$M1K" 3)")   ms
-  5   metrics() median, 1M processed              $(printf '%12s' "$(fmt "$M1M" 3)")   ms
-  6   naive, batch_size = 1 ($N_NAIVE)              $(printf '%12s' "$(fmt "$NAIVE")")   orders/s
-  6b  naive, batch_size = relay_batch_size = 1    $(printf '%12s' "$(fmt "$NAIVE_R")")   orders/s
+$(row '#' measure value unit)
+$(row 1 "raw broker pipe ($N_RAW msgs)" "$(fmt "$RAW")" msg/s)
+$(row 2 "drain, 1 consumer ($N_DRAIN orders)" "$(fmt "$D1")" orders/s)
+$(row 2u "drain, 1 consumer, users' orders" "$(fmt "$D1U")" orders/s)
+$(row 2c "drain, 2 consumers" "$(fmt "$D2")" orders/s)
+$(row 3 "sustained ($SUSTAIN_S s): made / processed" "$(fmt "$S_MADE") / $(fmt "$S_PROC")" orders/s)
+$(row 3 "sustained: backlog growth (2nd half) / end" "$(fmt "$S_GROW") / $(fmt "$S_BACK")" "orders/s, orders")
+$(row 4 "latency at $(fmt "$L_RATE")/s: p50 / p99 (recomputed)" "$(fmt "$L_TP50" 1) / $(fmt "$L_TP99" 1)" ms)
+$(row 4 "  p99 metrics() / max (recomputed)" "$(fmt "$L_MP99" 1) / $(fmt "$L_TMAX" 1)" ms)
+$(row 4 "  max: top histogram bucket" "$(fmt "$L_MMAX" 1)" ms)
+$(row 4b "latency at $(fmt "$L1_RATE")/s: p50 / p99 (recomputed)" "$(fmt "$L1_TP50" 1) / $(fmt "$L1_TP99" 1)" ms)
+$(row 4b "  p99 metrics() / max (recomputed)" "$(fmt "$L1_MP99" 1) / $(fmt "$L1_TMAX" 1)" ms)
+$(row 5 "metrics() median, 1k / 1M processed" "$(fmt "$M1K" 3) / $(fmt "$M1M" 3)" ms)
+$(row 6 "naive: batch_size 1 / + relay_batch_size 1" "$(fmt "$NAIVE") / $(fmt "$NAIVE_R")" orders/s)
+$(row 7 "bulk place_orders(): whole job / placement" "$(fmt "$B_OS") / $(fmt "$B_OSP")" orders/s)
+$(row 7 "bulk place_order(): whole job / placement" "$(fmt "$B_O") / $(fmt "$B_OP")" orders/s)
+$(row 8 "pgbench place_order(): tps / all processed" "$(fmt "$MC_P") / $(fmt "$MC_PE")" "tx/s, orders/s")
+$(row 8 "  last order processed after pgbench ended" "$(fmt "$MC_PD" 2)" s)
+$(row 8 "pgbench bare CTE (plain tables)" "$(fmt "$MC_B")" tx/s)
+$(row cpu "raw pipe per message (broker alone)" "$(fmt "$CPU_RAW" 1) ($(fmt "$CPU_RAW_MQ" 1))" "us CPU")
+$(row cpu "drain per order: 1c / users / 2c" "$(fmt "$CPU_D1" 1) / $(fmt "$CPU_D1U" 1) / $(fmt "$CPU_D2" 1)" "us CPU")
+$(row cpu "bulk place_orders() per order (whole job)" "$(fmt "$CPU_B" 1)" "us CPU")
 
-ratios (same run)                              value    target
-  2/1  drain / raw pipe                       $(printf '%6s' "$R21")    >= 0.6  $(verdict "$R21" '>=' 0.6)
-       (median of the per-round ratios)       $(printf '%6s' "$P21")    >= 0.6  $(verdict "$P21" '>=' 0.6)
-  2u/1 drain (users) / raw pipe               $(printf '%6s' "$R2U1")    (per round: $P2U1)
-  2c/1 drain (2 consumers) / raw pipe         $(printf '%6s' "$R2C1")
-  3/1  sustained processed / raw pipe         $(printf '%6s' "$R31")    >= 0.5  $(verdict "$R31" '>=' 0.5) (backlog bounded: $(awk -v g="$S_GROW" -v p="$S_PROC" 'BEGIN { print (g <= 0.05 * p) ? "yes" : "no, it grows" }'))
-  6/2  naive / drain                          $(printf '%6s' "$R62")    <= 0.1  $(verdict "$R62" '<=' 0.1) (drain is $(printf '%s' "$R26")x naive)
-  p99 latency at 1000/s (metrics())           $(printf '%6s' "$(fmt "$L_MP99" 1)")    <= 50   $(verdict "$L_MP99" '<=' 50)
-  metrics() 1k                                $(printf '%6s' "$(fmt "$M1K" 3)")    < 1 ms  $(verdict "$M1K" '<=' 1)
-  metrics() 1M                                $(printf '%6s' "$(fmt "$M1M" 3)")    < 1 ms  $(verdict "$M1M" '<=' 1)
-  metrics() 1M / 1k                           $(printf '%6s' "$RM")    <= 2    $(verdict "$RM" '<=' 2)
+targets (same run)                                  value  target
+$(tgt "2/1  drain / raw pipe" "$R21" ">= 0.75" ">=" 0.75 "(per round: $P21)")
+$(tgt "2u/1 drain with credit checks / raw pipe" "$R2U1" ">= 0.65" ">=" 0.65 "(per round: $P2U1)")
+$(tgt "2c/2 2 consumers / 1 consumer" "$R2C2" ">= 1" ">=" 1 "(per round: $P2C2)")
+$(tgt "3/1  sustained processed / raw pipe" "$R31" ">= 0.6" ">=" 0.6 "(backlog bounded: $S_BOUNDED)")
+$(tgt "7/1  bulk place_orders(), whole job / raw pipe" "$RB" ">= 0.6" ">=" 0.6 "(place_order(): $RBO)")
+$(tgt "7    place_orders() placement (orders/s)" "$(fmt "$B_OSP")" ">= 60000" ">=" 60000)
+$(tgt "8    many clients, all processed / bare CTE" "$RMC" ">= 0.8" ">=" 0.8 "(pgbench tps alone: $RMCT)")
+$(tgt "4    p99 at 1000/s, ms (recomputed)" "$(fmt "$L_TP99" 1)" "<= 15" "<=" 15 "(metrics(): $(fmt "$L_MP99" 1))")
+$(tgt "5    metrics() at 1M, ms" "$(fmt "$M1M" 3)" "< 1" "<" 1 "(1k: $(fmt "$M1K" 3))")
+$(tgt "6/2  naive / drain" "$R62" "<= 0.1" "<=" 0.1 "(drain is ${R26}x naive)")
+  CPU per order (1c drain) / raw pipe's per message    $(printf '%6s' "$RCPU")  (reported)
 
-CPU during the 1-consumer drain (share of one core, median):
-  relay $(fmt "$(median drain_1c cpu_relay)" 2), consumer $(fmt "$(median drain_1c cpu_consumer_0)" 2), RabbitMQ $(fmt "$(median drain_1c cpu_rabbitmq)" 2), other postgres $(fmt "$(median drain_1c cpu_other_postgres)" 2)
+CPU during the drains (share of one core, median):
+  1 consumer:  relay $(fmt "$(median drain_1c cpu_relay)" 2), consumer $(fmt "$(median drain_1c cpu_consumer_0)" 2), RabbitMQ $(fmt "$(median drain_1c cpu_rabbitmq)" 2), other postgres $(fmt "$(median drain_1c cpu_other_postgres)" 2)
+  2 consumers: relay $(fmt "$(median drain_2c cpu_relay)" 2), consumers $(fmt "$(median drain_2c cpu_consumer_0)" 2) + $(fmt "$(median drain_2c cpu_consumer_1)" 2), RabbitMQ $(fmt "$(median drain_2c cpu_rabbitmq)" 2)
 
 figures: $RESULTS (one per line), $OUT/sustained.csv (one line a second)
 plots:   $OUT/figures.png, $OUT/sustained.png

@@ -30,6 +30,7 @@
 #include "utils/timestamp.h"
 
 #include "amqp_conn.h"
+#include "batch_tuning.h"
 #include "message_batch.h"
 #include "message_reader.h"
 #include "ordflow.h"
@@ -40,13 +41,23 @@
 #define RETRY_MIN_MS		500
 #define RETRY_MAX_MS		10000
 
+/* x-priority of this consumer's subscriptions (batch_tuning.c) */
+static int	consumer_priority = 0;
+
 static bool
 consume(OfAmqp *a, const char *queue, const char *tag)
 {
 	char	   *what = psprintf("consuming from queue \"%s\"", queue);
+	amqp_table_entry_t prio;
+	amqp_table_t args;
 
+	prio.key = amqp_cstring_bytes("x-priority");
+	prio.value.kind = AMQP_FIELD_KIND_I32;
+	prio.value.value.i32 = consumer_priority;
+	args.num_entries = 1;
+	args.entries = &prio;
 	amqp_basic_consume(a->conn, OF_AMQP_CHANNEL, amqp_cstring_bytes(queue),
-					   amqp_cstring_bytes(tag), 0, 0, 0, amqp_empty_table);
+					   amqp_cstring_bytes(tag), 0, 0, 0, args);
 	return of_amqp_rpc_ok(a, what);
 }
 
@@ -66,13 +77,13 @@ start_consuming(OfAmqp *a, OfWorkerSlot *slot)
 
 /*
  * Collect up to max messages: wait up to idle_ms for the first, then at
- * most ordflow.batch_wait_ms more for the rest, and stop early once the
+ * most wait_ms more for the rest (batch_tuning.c), and stop early once the
  * bodies held reach ordflow.batch_max_bytes.  Returns the count; -1 if the
  * connection broke (nothing of the batch is acked then, so the broker
  * redelivers it).
  */
 static int
-collect_batch(OfAmqp *a, OfMessage *msgs, int max, long idle_ms)
+collect_batch(OfAmqp *a, OfMessage *msgs, int max, long idle_ms, long wait_ms)
 {
 	int			n = 0;
 	size_t		bytes = 0;
@@ -107,7 +118,7 @@ collect_batch(OfAmqp *a, OfMessage *msgs, int max, long idle_ms)
 			if (!of_read_message(a, frame.payload.method.decoded, &msgs[n]))
 				return -1;
 			if (n == 0)
-				batch_deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ordflow_batch_wait_ms);
+				batch_deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms);
 			bytes += msgs[n].body_len;
 			n++;
 		}
@@ -264,12 +275,14 @@ ordflow_consumer_main(Datum main_arg)
 	OfMessage  *msgs = NULL;
 	int			msgs_cap = 0;
 	RetryState	retry = {false, 0};
+	OfBatchTuning tuning;
 
 	slot = of_worker_start(slotno, OF_WORKER_CONSUMER, slotno - OF_SLOT_CONSUMER0);
 	memset(&a, 0, sizeof(a));
 	a.fd = -1;
 	batch_cxt = AllocSetContextCreate(TopMemoryContext, "ordflow consumer batch",
 									  ALLOCSET_DEFAULT_SIZES);
+	of_batch_tuning_init(&tuning);
 
 	while (true)
 	{
@@ -282,6 +295,11 @@ ordflow_consumer_main(Datum main_arg)
 		MemoryContextSwitchTo(batch_cxt);
 		if (a.conn)
 			amqp_maybe_release_buffers(a.conn);
+		/* ordflow.consumer_priorities changed: subscribe again */
+		if (a.conn && consuming_on == a.generation &&
+			consumer_priority != of_consumer_priority(slot->index))
+			of_amqp_disconnect(&a, true);
+		consumer_priority = of_consumer_priority(slot->index);
 		if (!ensure_consuming(&a, slot, &consuming_on))
 			continue;
 
@@ -298,7 +316,10 @@ ordflow_consumer_main(Datum main_arg)
 		memset(&w, 0, sizeof(w));
 		w.msgs = msgs;
 		w.worker_no = slot->index;
-		w.n = collect_batch(&a, msgs, retry.singly ? 1 : msgs_cap, idle_ms);
+		w.n = collect_batch(&a, msgs, retry.singly ? 1 : of_batch_target(&tuning), idle_ms,
+							of_batch_wait_ms(&tuning));
+		if (w.n >= 0 && !retry.singly)
+			of_batch_observe(&tuning, w.n, w.n >= of_batch_target(&tuning));
 		if (w.n <= 0)
 			continue;			/* -1: reconnect; unacked messages come back */
 

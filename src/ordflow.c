@@ -24,6 +24,7 @@
 #include "utils/memutils.h"
 
 #include "amqp_conn.h"
+#include "batch_tuning.h"
 #include "ordflow.h"
 #include "partitions.h"
 #include "shmem.h"
@@ -285,6 +286,7 @@ define_settings(void)
 {
 	define_broker_settings();
 	define_pipeline_settings();
+	of_define_consumer_settings();	/* batch_tuning.c */
 	define_retention_settings();
 
 	MarkGUCPrefixReserved("ordflow");
