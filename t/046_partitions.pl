@@ -255,20 +255,28 @@ for my $i (0 .. 39)
 }
 $mq->publish_many('order.created', [ @during[0 .. 19] ]);
 $mq->publish_many('order.created.1', [ @during[20 .. 39] ]);
-# 2. export on A, import on B, drop on A
-my $export = $q->($A, 'SELECT ordflow.export_partition(1)');
+# 2. export on A to a file and import it on B, with the README's psql
+#    commands (a name with a quote and a backslash must survive the trip)
+$q->($A, q{UPDATE ordflow.users SET lname = 'O''Brien \ "q"' WHERE uid = (
+			 SELECT min(uid) FROM ordflow.users WHERE ordflow.partition_of(uid) = 1)});
+my $file = PostgreSQL::Test::Utils::tempdir() . '/partition-1.json';
+$A->psql('postgres', "\\pset tuples_only on\n\\pset format unaligned\n\\o $file\n"
+	  . "SELECT ordflow.export_partition(1);\n\\o\n", on_error_die => 1);
 my ($rc, $out, $err) = $B->psql('postgres',
-	"SELECT format('%s %s', users, orders) FROM ordflow.import_partition(:'data'::jsonb)",
-	extra_params => [ '-v', "data=$export" ]);
+	"\\set data `cat $file`\n"
+	  . "SELECT format('%s %s', users, orders) FROM ordflow.import_partition(:'data'::jsonb);\n");
 is($rc, 0, 'import_partition on B') or diag $err;
 like($out, qr/^$p1_users \d+$/, "B imported the $p1_users users of partition 1 ($out)");
-$q->($A, 'SELECT * FROM ordflow.drop_partition(1)');
-is($q->($A, q{SELECT count(*) FROM ordflow.users WHERE ordflow.partition_of(uid) = 1}), 0,
-	'A dropped the users of partition 1');
+is($q->($B, q{SELECT count(*) FROM ordflow.users WHERE lname = 'O''Brien \ "q"'}), 1,
+	'... a name with a quote and a backslash as it was');
 # 3. B takes partition 1
 $q->($B, q{ALTER SYSTEM SET ordflow.owned_partitions = '1-3'});
 $q->($B, 'SELECT pg_reload_conf()');
 ok(OrdflowTest::wait_for($B, $held_sql, '1,2,3', 60), 'B holds partition 1 now');
+# 4. A drops what moved
+$q->($A, 'SELECT * FROM ordflow.drop_partition(1)');
+is($q->($A, q{SELECT count(*) FROM ordflow.users WHERE ordflow.partition_of(uid) = 1}), 0,
+	'A dropped the users of partition 1');
 sleep 2;
 
 drain_both('after the move');
