@@ -3,7 +3,7 @@
 # slower than 1 because a stream one consumer keeps up with was split in
 # two, halving every batch).  With ordflow.consumer_priorities on (the
 # default) consumer i subscribes with x-priority -i, so while consumer 0
-# has prefetch room consumer 1 gets nothing; turned off by a reload, the
+# has prefetch room consumer 1 gets (nearly) nothing; turned off by a reload, the
 # consumers subscribe again at priority 0 and the broker spreads the orders
 # round-robin.  Either way every order is processed once.
 
@@ -74,11 +74,15 @@ ok(wait_until(sub { priorities() eq '-1,0' }, 60),
 	'the broker shows the consumers at priorities 0 and -1')
   or diag 'priorities: ' . priorities();
 
-# 300 orders are far below ordflow.prefetch (5000): consumer 0 always has
-# room, so consumer 1 is never given one.
+# 300 orders are far below ordflow.prefetch (5000): consumer 0 has room,
+# so consumer 1 is given an order only when the broker sees consumer 0's
+# channel blocked for a moment (its flow control, on a loaded machine:
+# 40 of 300 once).  Round-robin splits them evenly (measured: 50,000 /
+# 50,000 and 49,891 / 50,109), so "at least three quarters to consumer 0"
+# tells the two apart with room for that.
 my ($c0, $c1) = round(300);
-is($c0, 300, 'consumer 0 processed every order');
-is($c1, 0, 'consumer 1 processed none while consumer 0 had room');
+is($c0 + $c1, 300, 'every order processed once');
+cmp_ok($c0, '>=', 225, "consumer 0 processed nearly every order ($c0; consumer 1: $c1)");
 
 # Off: both consumers subscribe again, without priorities.
 sq('ALTER SYSTEM SET ordflow.consumer_priorities = off');
