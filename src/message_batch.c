@@ -398,18 +398,13 @@ of_store_dead_letters(OfMessage *msgs, int n, OfBatchStats *stats)
 	for (int i = 0; i < n; i++)
 	{
 		OfMessage  *m = &msgs[i];
-		bytea	   *raw;
 
 		if (m->outcome != OF_OUT_DEAD)
 			continue;
-		raw = palloc(VARHDRSZ + m->body_len);
-		SET_VARSIZE(raw, VARHDRSZ + m->body_len);
-		memcpy(VARDATA(raw), m->body, m->body_len);
-
 		of_array_add_text(a[0], m->kind == OF_MSG_BROKER_DEAD && m->death_queue ?
 						  m->death_queue : m->queue);
 		of_array_add_text(a[1], m->routing_key);
-		of_array_add(a[2], PointerGetDatum(raw), false);
+		of_array_add(a[2], of_bytea_datum(m->body, m->body_len), false);
 		of_array_add(a[3], Int64GetDatum((int64) m->body_size), false);
 		of_array_add_text(a[4], m->error ? m->error : "unknown error");
 		of_array_add(a[5], BoolGetDatum(m->redelivered), false);

@@ -8,9 +8,10 @@
  * order published to order.created (no partition) lands in the shared
  * queue, which every node reads: whichever node takes it writes it to its
  * outbox, as received, with the routing key of its partition, in the
- * batch's transaction (as it does with one sent to the wrong partition).  The ack follows the commit, so a crash in between
- * forwards it twice, and the owner's processing by order_id makes the
- * second copy a no-op: processed exactly once.  User events that name a
+ * batch's transaction (as it does with one sent to the wrong partition).
+ * The ack follows the commit, so a crash in between forwards it twice,
+ * and the owner's processing by order_id makes the second copy a no-op:
+ * processed exactly once.  User events that name a
  * uid go the same way; user.C and events without a uid are applied where
  * they are received.
  *
@@ -137,15 +138,11 @@ of_store_forwards(OfMessage *msgs, int n, OfBatchStats *stats)
 	for (int i = 0; i < n; i++)
 	{
 		OfMessage  *m = &msgs[i];
-		bytea	   *raw;
 
 		if (m->outcome != OF_OUT_FORWARDED)
 			continue;
-		raw = palloc(VARHDRSZ + m->body_len);
-		SET_VARSIZE(raw, VARHDRSZ + m->body_len);
-		memcpy(VARDATA(raw), m->body, m->body_len);
 		of_array_add_text(a[0], m->forward_key);
-		of_array_add(a[1], PointerGetDatum(raw), false);
+		of_array_add(a[1], of_bytea_datum(m->body, m->body_len), false);
 		of_array_add_text(a[2], m->message_id);
 		of_array_add_text(a[3], m->correlation_id);
 		of_array_add_text(a[4], m->reply_to);

@@ -353,14 +353,10 @@ dead_letter(RelayMsg *m, const char *error, bool quiet)
 {
 	Datum		v[8];
 	char		nulls[9] = "        ";
-	bytea	   *body = palloc(VARHDRSZ + m->len);
 
-	SET_VARSIZE(body, VARHDRSZ + m->len);
-	if (m->len > 0)
-		memcpy(VARDATA(body), m->body, m->len);
 	v[0] = Int64GetDatum(m->id);
 	v[1] = text_or_null(m->db_routing_key, nulls, 1);
-	v[2] = PointerGetDatum(body);
+	v[2] = of_bytea_datum(m->body, m->len);
 	v[3] = Int64GetDatum(m->size);
 	v[4] = CStringGetTextDatum(error);
 	v[5] = text_or_null(m->db_message_id, nulls, 5);

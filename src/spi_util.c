@@ -83,6 +83,18 @@ of_array_done(ArrayBuildState *a)
 	return makeArrayResult(a, a->mcontext);
 }
 
+/* A bytea holding a copy of len bytes at data. */
+Datum
+of_bytea_datum(const char *data, size_t len)
+{
+	bytea	   *b = palloc(VARHDRSZ + len);
+
+	SET_VARSIZE(b, VARHDRSZ + len);
+	if (len > 0)
+		memcpy(VARDATA(b), data, len);
+	return PointerGetDatum(b);
+}
+
 /* ---- errors ---- */
 
 /* Errors that say nothing about the message: retry the batch later. */

@@ -18,6 +18,7 @@ extern ArrayBuildState *of_array_new(Oid elemtype);
 extern void of_array_add(ArrayBuildState *a, Datum v, bool isnull);
 extern void of_array_add_text(ArrayBuildState *a, const char *s);
 extern Datum of_array_done(ArrayBuildState *a);
+extern Datum of_bytea_datum(const char *data, size_t len);
 
 /* Prepare (once, kept) and run a statement; ERROR unless it returns expected. */
 extern void of_run_plan(SPIPlanPtr *plan, const char *sql, int nargs, const Oid *types,
