@@ -79,6 +79,8 @@ extern char *of_redact_urls_in_text(const char *text);
 
 extern void of_amqp_reply_error(amqp_rpc_reply_t r, const char *what, char *buf, size_t len);
 extern bool of_amqp_rpc_ok(OfAmqp *a, const char *what);
+extern bool of_amqp_channel_closed_with(amqp_rpc_reply_t r, int reply_code);
+extern bool of_amqp_reopen_channel(OfAmqp *a, amqp_channel_t channel);
 extern bool of_amqp_declare_topology(OfAmqp *a);
 extern bool of_amqp_reserved_queue(const char *name);
 

@@ -73,6 +73,33 @@ of_amqp_reserved_queue(const char *q)
 	return false;
 }
 
+/* Did the broker refuse the call by closing its channel with this code? */
+bool
+of_amqp_channel_closed_with(amqp_rpc_reply_t r, int reply_code)
+{
+	return r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
+		r.reply.id == AMQP_CHANNEL_CLOSE_METHOD &&
+		((amqp_channel_close_t *) r.reply.decoded)->reply_code == reply_code;
+}
+
+/*
+ * After such a refusal: confirm the close and open the channel again, so
+ * the connection (and its other channel) goes on.
+ */
+bool
+of_amqp_reopen_channel(OfAmqp *a, amqp_channel_t channel)
+{
+	amqp_channel_close_ok_t ok;
+
+	if (amqp_send_method(a->conn, channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok) != AMQP_STATUS_OK)
+	{
+		of_amqp_fail(a, "closing a refused channel: the connection failed");
+		return false;
+	}
+	amqp_channel_open(a->conn, channel);
+	return of_amqp_rpc_ok(a, "reopening a channel");
+}
+
 bool
 of_amqp_rpc_ok(OfAmqp *a, const char *what)
 {
@@ -130,19 +157,9 @@ declare_dead_queue(OfAmqp *a, char *dead)
 	}
 	amqp_queue_declare(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(dead), 0, 1, 0, 0, args);
 	r = amqp_get_rpc_reply(c);
-	if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
-		r.reply.id == AMQP_CHANNEL_CLOSE_METHOD &&
-		((amqp_channel_close_t *) r.reply.decoded)->reply_code == AMQP_PRECONDITION_FAILED)
+	if (of_amqp_channel_closed_with(r, AMQP_PRECONDITION_FAILED))
 	{
-		amqp_channel_close_ok_t ok;
-
-		if (amqp_send_method(c, OF_AMQP_CHANNEL, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok) != AMQP_STATUS_OK)
-		{
-			of_amqp_fail(a, "declaring the dead-letter queue: the connection failed");
-			return false;
-		}
-		amqp_channel_open(c, OF_AMQP_CHANNEL);
-		if (!of_amqp_rpc_ok(a, "reopening the channel"))
+		if (!of_amqp_reopen_channel(a, OF_AMQP_CHANNEL))
 			return false;
 		amqp_queue_declare(c, OF_AMQP_CHANNEL, amqp_cstring_bytes(dead), 1, 1, 0, 0,
 						   amqp_empty_table);
@@ -223,7 +240,9 @@ declare_shared_queues(OfAmqp *a, amqp_table_t args)
 static bool
 declare_partition_queues(OfAmqp *a, amqp_table_t args)
 {
-	for (int p = 0; p < ordflow_partitions && ordflow_partitions > 1; p++)
+	if (ordflow_partitions <= 1)
+		return true;
+	for (int p = 0; p < ordflow_partitions; p++)
 	{
 		char	   *queue = psprintf("%s.%d", ordflow_orders_queue, p);
 		char	   *orders = psprintf("order.created.%d", p);

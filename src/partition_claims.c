@@ -44,7 +44,6 @@ claim(OfAmqp *a, int p)
 {
 	char	   *owner = psprintf("%s.owner.%d", ordflow_exchange, p);
 	amqp_rpc_reply_t r;
-	amqp_channel_close_ok_t ok;
 
 	/* not durable, exclusive, auto-delete: it lives as long as we do */
 	amqp_queue_declare(a->conn, CLAIM_CHANNEL, amqp_cstring_bytes(owner), 0, 0, 1, 1,
@@ -53,18 +52,8 @@ claim(OfAmqp *a, int p)
 	pfree(owner);
 	if (r.reply_type == AMQP_RESPONSE_NORMAL)
 		return CLAIM_HELD;
-	if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
-		r.reply.id == AMQP_CHANNEL_CLOSE_METHOD &&
-		((amqp_channel_close_t *) r.reply.decoded)->reply_code == AMQP_RESOURCE_LOCKED)
-	{
-		if (amqp_send_method(a->conn, CLAIM_CHANNEL, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok) != AMQP_STATUS_OK)
-		{
-			of_amqp_fail(a, "claiming partition %d: the connection failed", p);
-			return CLAIM_FAILED;
-		}
-		amqp_channel_open(a->conn, CLAIM_CHANNEL);
-		return of_amqp_rpc_ok(a, "reopening the claims channel") ? CLAIM_REFUSED : CLAIM_FAILED;
-	}
+	if (of_amqp_channel_closed_with(r, AMQP_RESOURCE_LOCKED))
+		return of_amqp_reopen_channel(a, CLAIM_CHANNEL) ? CLAIM_REFUSED : CLAIM_FAILED;
 	of_amqp_reply_error(r, psprintf("claiming partition %d", p), a->error, sizeof(a->error));
 	of_amqp_set_error_class(a, "claiming a partition");
 	return CLAIM_FAILED;
