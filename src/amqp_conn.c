@@ -31,6 +31,7 @@
 #include "utils/timestamp.h"
 
 #include "amqp_conn.h"
+#include "batch_tuning.h"
 #include "ordflow.h"
 #include "partitions.h"
 #include "worker_common.h"
@@ -87,15 +88,18 @@ of_amqp_sigterm(SIGNAL_ARGS)
 static char *
 settings_signature(void)
 {
-	/* with partitions, which of them a consumer holds depends on the last two */
+	/*
+	 * A consumer's subscriptions depend on the last three: its priority
+	 * and, with partitions, which of them it holds.
+	 */
 	bool		partitioned = ordflow_partitions > 1;
 
-	return psprintf("%s|%s|%s|%s|%s|%s|%s|%s|%d|%d|%d|%s|%d",
+	return psprintf("%s|%s|%s|%s|%s|%s|%s|%s|%d|%d|%d|%d|%s|%d",
 					ordflow_amqp_url, ordflow_exchange, ordflow_orders_queue,
 					ordflow_user_events_queue, ordflow_queue_type,
 					ordflow_amqp_tls_ca_file, ordflow_amqp_tls_cert_file,
 					ordflow_amqp_tls_key_file, (int) ordflow_amqp_tls_verify,
-					ordflow_heartbeat, ordflow_prefetch,
+					ordflow_heartbeat, ordflow_prefetch, (int) ordflow_consumer_priorities,
 					partitioned ? ordflow_owned_partitions : "",
 					partitioned ? ordflow_consumers : 0);
 }

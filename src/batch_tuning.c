@@ -61,7 +61,7 @@ of_define_consumer_settings(void)
 	DefineCustomBoolVariable("ordflow.consumer_priorities",
 							 "Consumer i subscribes with priority -i: the next consumer gets messages only when those before it are full.",
 							 "Off: the broker spreads messages over the consumers round-robin. "
-							 "A consumer applies a change when it subscribes again (it reconnects for it).",
+							 "A change reconnects the workers, so the consumers subscribe again with it.",
 							 &ordflow_consumer_priorities, true,
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 }

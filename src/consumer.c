@@ -41,11 +41,9 @@
 #define RETRY_MIN_MS		500
 #define RETRY_MAX_MS		10000
 
-/* x-priority of this consumer's subscriptions (batch_tuning.c) */
-static int	consumer_priority = 0;
-
+/* priority: x-priority of the subscription (batch_tuning.c) */
 static bool
-consume(OfAmqp *a, const char *queue, const char *tag)
+consume(OfAmqp *a, const char *queue, const char *tag, int priority)
 {
 	char	   *what = psprintf("consuming from queue \"%s\"", queue);
 	amqp_table_entry_t prio;
@@ -53,7 +51,7 @@ consume(OfAmqp *a, const char *queue, const char *tag)
 
 	prio.key = amqp_cstring_bytes("x-priority");
 	prio.value.kind = AMQP_FIELD_KIND_I32;
-	prio.value.value.i32 = consumer_priority;
+	prio.value.value.i32 = priority;
 	args.num_entries = 1;
 	args.entries = &prio;
 	amqp_basic_consume(a->conn, OF_AMQP_CHANNEL, amqp_cstring_bytes(queue),
@@ -67,11 +65,13 @@ static OfClaims claims;
 static bool
 start_consuming(OfAmqp *a, OfWorkerSlot *slot)
 {
+	int			priority = of_consumer_priority(slot->index);
+
 	amqp_basic_qos(a->conn, OF_AMQP_CHANNEL, 0, (uint16_t) ordflow_prefetch, 0);
 	return of_amqp_rpc_ok(a, "setting the prefetch (basic.qos)") &&
-		consume(a, ordflow_orders_queue, OF_TAG_ORDERS) &&
-		consume(a, ordflow_user_events_queue, OF_TAG_EVENTS) &&
-		consume(a, psprintf("%s.dead", ordflow_exchange), OF_TAG_DEAD) &&
+		consume(a, ordflow_orders_queue, OF_TAG_ORDERS, priority) &&
+		consume(a, ordflow_user_events_queue, OF_TAG_EVENTS, priority) &&
+		consume(a, psprintf("%s.dead", ordflow_exchange), OF_TAG_DEAD, priority) &&
 		of_claims_start(a, &claims, slot);
 }
 
@@ -295,11 +295,6 @@ ordflow_consumer_main(Datum main_arg)
 		MemoryContextSwitchTo(batch_cxt);
 		if (a.conn)
 			amqp_maybe_release_buffers(a.conn);
-		/* ordflow.consumer_priorities changed: subscribe again */
-		if (a.conn && consuming_on == a.generation &&
-			consumer_priority != of_consumer_priority(slot->index))
-			of_amqp_disconnect(&a, true);
-		consumer_priority = of_consumer_priority(slot->index);
 		if (!ensure_consuming(&a, slot, &consuming_on))
 			continue;
 
