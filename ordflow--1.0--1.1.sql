@@ -957,6 +957,22 @@ AS $$
 $$;
 REVOKE ALL ON FUNCTION ordflow._import_int(jsonb, numeric, numeric) FROM PUBLIC;
 
+-- An exported row's shape problem (for import_partition()): not an object,
+-- a key other than keys, or one of keys missing; NULL if none.
+CREATE FUNCTION ordflow._import_shape(v jsonb, keys text[], what text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE
+		WHEN jsonb_typeof(v) <> 'object' THEN 'must be a JSON object, not ' || jsonb_typeof(v)
+		WHEN (v - keys) <> '{}' THEN 'unknown key ' || (SELECT ordflow._brief(to_json(min(k))::text)
+														  FROM jsonb_object_keys(v - keys) AS k)
+		WHEN NOT v ?& keys THEN what || ' needs the keys ' || array_to_string(keys, ', ')
+	END
+$$;
+REVOKE ALL ON FUNCTION ordflow._import_shape(jsonb, text[], text) FROM PUBLIC;
+
 -- The first problem of one exported user (for import_partition()), or NULL.
 CREATE FUNCTION ordflow._import_user_check(v jsonb, p int)
 RETURNS text
@@ -965,17 +981,14 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	keys  constant text[] := '{uid,name,lname,credit_limit,credit_balance,created_at,updated_at}';
+	shape text;
 	uid   numeric;
 	lim   numeric;
 	bal   numeric;
 BEGIN
-	IF jsonb_typeof(v) <> 'object' THEN
-		RETURN 'must be a JSON object, not ' || jsonb_typeof(v);
-	ELSIF (v - keys) <> '{}' THEN
-		RETURN 'unknown key ' || (SELECT ordflow._brief(to_json(min(k))::text)
-									FROM jsonb_object_keys(v - keys) AS k);
-	ELSIF NOT v ?& keys THEN
-		RETURN 'a user needs the keys ' || array_to_string(keys, ', ');
+	shape := ordflow._import_shape(v, keys, 'a user');
+	IF shape IS NOT NULL THEN
+		RETURN shape;
 	END IF;
 	uid := ordflow._import_int(v -> 'uid', -9223372036854775808, 9223372036854775807);
 	IF uid IS NULL THEN
@@ -1017,17 +1030,14 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	keys  constant text[] := '{order_id,uid,symbol,quantity,amount,status,execution_price,notes,created_at,processed_at,source}';
+	shape text;
 	id    numeric;
 	uid   numeric;
 	amt   numeric;
 BEGIN
-	IF jsonb_typeof(v) <> 'object' THEN
-		RETURN 'must be a JSON object, not ' || jsonb_typeof(v);
-	ELSIF (v - keys) <> '{}' THEN
-		RETURN 'unknown key ' || (SELECT ordflow._brief(to_json(min(k))::text)
-									FROM jsonb_object_keys(v - keys) AS k);
-	ELSIF NOT v ?& keys THEN
-		RETURN 'an order needs the keys ' || array_to_string(keys, ', ');
+	shape := ordflow._import_shape(v, keys, 'an order');
+	IF shape IS NOT NULL THEN
+		RETURN shape;
 	END IF;
 	id := ordflow._import_int(v -> 'order_id', -9223372036854775808, 9223372036854775807);
 	uid := ordflow._import_int(v -> 'uid', -9223372036854775808, 9223372036854775807);
