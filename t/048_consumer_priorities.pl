@@ -53,16 +53,27 @@ sub priorities
 	return join(',', sort { $a <=> $b } @p);
 }
 
-# Place N orders in one transaction, wait until the consumers processed
-# them all; returns the orders processed by consumer 0 and consumer 1.
+# Place $waves waves of $per_wave orders, each wave in one transaction and
+# only after the consumers processed the wave before; returns the orders
+# processed by consumer 0 and consumer 1.  Small waves keep consumer 0 from
+# ever being blocked: a burst of hundreds can fill its socket while it
+# commits a batch, and the broker then rightly hands the rest to consumer 1
+# (seen: 100 of 300 in CI), which says nothing about priorities.
 sub round
 {
-	my ($n) = @_;
+	my ($waves, $per_wave) = @_;
 	sq('SELECT ordflow.truncate()');
-	sq("SELECT count(ordflow.place_order(NULL, NULL, 'ABC', 1 + i % 10)) FROM generate_series(1, $n) AS i");
-	ok( OrdflowTest::wait_for(
-			$node, 'SELECT orders_processed FROM ordflow.metrics()', $n, 120),
-		"all $n orders processed");
+	my $done = 1;
+	for my $wave (1 .. $waves)
+	{
+		sq("SELECT count(ordflow.place_order(NULL, NULL, 'ABC', 1 + i % 10)) FROM generate_series(1, $per_wave) AS i");
+		$done = OrdflowTest::wait_for($node,
+			'SELECT orders_processed FROM ordflow.metrics()',
+			$wave * $per_wave, 120);
+		last unless $done;
+	}
+	my $n = $waves * $per_wave;
+	ok($done, "all $n orders processed");
 	return split /\|/, sq(q{SELECT coalesce(sum(processed) FILTER (WHERE worker = 0), 0),
 	                                coalesce(sum(processed) FILTER (WHERE worker = 1), 0)
 	                           FROM ordflow.metrics_totals});
@@ -74,15 +85,13 @@ ok(wait_until(sub { priorities() eq '-1,0' }, 60),
 	'the broker shows the consumers at priorities 0 and -1')
   or diag 'priorities: ' . priorities();
 
-# 300 orders are far below ordflow.prefetch (5000): consumer 0 has room,
-# so consumer 1 is given an order only when the broker sees consumer 0's
-# channel blocked for a moment (its flow control, on a loaded machine:
-# 40 of 300 once).  Round-robin splits them evenly (measured: 50,000 /
-# 50,000 and 49,891 / 50,109), so "at least three quarters to consumer 0"
-# tells the two apart with room for that.
-my ($c0, $c1) = round(300);
-is($c0 + $c1, 300, 'every order processed once');
-cmp_ok($c0, '>=', 225, "consumer 0 processed nearly every order ($c0; consumer 1: $c1)");
+# 20 waves of 10 orders: with priorities consumer 0, never blocked, is
+# given every order; round-robin would split each wave about evenly
+# (measured: 50,000 / 50,000 and 49,891 / 50,109 of 100,000), so "at least
+# nine in ten to consumer 0" tells the two apart with room to spare.
+my ($c0, $c1) = round(20, 10);
+is($c0 + $c1, 200, 'every order processed once');
+cmp_ok($c0, '>=', 180, "consumer 0 processed nearly every order ($c0; consumer 1: $c1)");
 
 # Off: both consumers subscribe again, without priorities.
 sq('ALTER SYSTEM SET ordflow.consumer_priorities = off');
@@ -92,8 +101,8 @@ ok(wait_until(sub { priorities() eq '0,0' }, 60),
   or diag 'priorities: ' . priorities();
 ok(OrdflowInvariants::wait_connected($node, 2, 90), 'both consumers connected again');
 
-($c0, $c1) = round(300);
-is($c0 + $c1, 300, 'every order processed once');
+($c0, $c1) = round(20, 10);
+is($c0 + $c1, 200, 'every order processed once');
 ok($c0 > 0 && $c1 > 0, "round-robin: both consumers processed orders ($c0 and $c1)");
 is(sq(q{SELECT count(*) FROM ordflow.orders WHERE status = 'initialised'}), '0',
 	'no order left unprocessed');
