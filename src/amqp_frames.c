@@ -23,6 +23,7 @@
 #include "utils/wait_event.h"
 
 #include "amqp_conn.h"
+#include "worker_common.h"
 
 /*
  * Record a publisher confirm.  Confirms may arrive out of order (one queue
@@ -173,7 +174,7 @@ of_amqp_next_frame(OfAmqp *a, amqp_frame_t *frame, long timeout_ms)
 			return OF_WAIT_TIMEOUT;
 		rc = WaitLatchOrSocket(MyLatch,
 							   WL_LATCH_SET | WL_SOCKET_READABLE | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							   a->fd, remaining, PG_WAIT_EXTENSION);
+							   a->fd, of_idle_wait_ms(remaining), PG_WAIT_EXTENSION);
 		if (rc & WL_LATCH_SET)
 		{
 			ResetLatch(MyLatch);

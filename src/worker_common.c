@@ -130,14 +130,50 @@ of_begin_tx(const char *activity)
 	pgstat_report_activity(STATE_RUNNING, activity);
 }
 
+/*
+ * When the statistics a commit could not flush are due (0: none pending).
+ * PostgreSQL flushes a process's table statistics at most once a second;
+ * what a commit leaves pending, PostgresMain() flushes once the session has
+ * been idle for the interval pgstat_report_stat() asks for.  A worker does
+ * the same in of_idle_wait_ms(), or an idle worker's last batches would
+ * never reach pg_stat_user_tables (nor autovacuum, which reads them).
+ */
+static TimestampTz stats_flush_due = 0;
+
 void
 of_commit_tx(void)
 {
+	long		next_ms;
+
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
-	pgstat_report_stat(false);
+	next_ms = pgstat_report_stat(false);
+	stats_flush_due = next_ms > 0 ?
+		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), next_ms) : 0;
 	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * Before a worker sleeps for timeout_ms: flush pending statistics if they
+ * are due, and return how long the sleep may last so that it wakes up when
+ * they will be.
+ */
+long
+of_idle_wait_ms(long timeout_ms)
+{
+	TimestampTz now;
+
+	if (stats_flush_due == 0 || IsTransactionOrTransactionBlock())
+		return timeout_ms;
+	now = GetCurrentTimestamp();
+	if (now >= stats_flush_due)
+	{
+		pgstat_report_stat(true);
+		stats_flush_due = 0;
+		return timeout_ms;
+	}
+	return Min(timeout_ms, (long) ((stats_flush_due - now) / 1000) + 1);
 }
 
 /*
@@ -170,7 +206,7 @@ of_worker_wait(long timeout_ms)
 	int			rc;
 
 	rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-				   Max(timeout_ms, 1), PG_WAIT_EXTENSION);
+				   Max(of_idle_wait_ms(timeout_ms), 1), PG_WAIT_EXTENSION);
 	if (rc & WL_LATCH_SET)
 		ResetLatch(MyLatch);
 }

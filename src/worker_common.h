@@ -28,6 +28,7 @@ extern bool of_extension_exists(void);
 extern void of_begin_tx(const char *activity);
 extern void of_commit_tx(void);
 extern void of_worker_wait(long timeout_ms);
+extern long of_idle_wait_ms(long timeout_ms);
 extern ErrorData *of_report_error(OfWorkerSlot *slot, MemoryContext cxt);
 
 typedef void (*OfTxFn) (void *arg);
