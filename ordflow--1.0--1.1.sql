@@ -216,9 +216,9 @@ $$;
 -- A consumer updates every order once (status, price, notes, processed_at),
 -- all its batch's rows of a page in one transaction; no index covers those
 -- columns, so with room on the page the update is HOT and adds no
--- orders_pkey entry.  Full pages (fillfactor 100) made 10-35 % of them HOT;
--- 50 makes 70-99 % HOT and cut the CPU per order of a drain by ~10 %
--- (bench/RESULTS.md).  At 100 each update puts the new version on another
+-- orders_pkey entry.  Full pages (fillfactor 100) made 6-35 % of them HOT,
+-- 50 makes 70-99 % HOT (t/049; the drain's throughput, bounded by the
+-- broker, gains little: bench/RESULTS.md).  At 100 each update puts the new version on another
 -- page, so once processed the table is about as big either way (measured:
 -- 582 pages against 520 for 22,000 orders).
 -- ---------------------------------------------------------------------------
