@@ -1142,38 +1142,29 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 
-	SELECT e.i - 1 AS i, c.msg INTO bad
-	  FROM jsonb_array_elements(data -> 'users') WITH ORDINALITY AS e(v, i),
-		   LATERAL (SELECT ordflow._import_user_check(e.v, p) AS msg) AS c
+	-- the first bad element, of users before orders
+	SELECT k.key, e.i - 1 AS i, c.msg INTO bad
+	  FROM (VALUES (1, 'users'), (2, 'orders')) AS k(n, key),
+		   jsonb_array_elements(data -> k.key) WITH ORDINALITY AS e(v, i),
+		   LATERAL (SELECT CASE k.key WHEN 'users' THEN ordflow._import_user_check(e.v, p)
+								 ELSE ordflow._import_order_check(e.v, p) END AS msg) AS c
 	 WHERE c.msg IS NOT NULL
-	 ORDER BY e.i
+	 ORDER BY k.n, e.i
 	 LIMIT 1;
 	IF FOUND THEN
-		RAISE EXCEPTION 'users[%]: %', bad.i, bad.msg
+		RAISE EXCEPTION '%[%]: %', bad.key, bad.i, bad.msg
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	SELECT e.i - 1 AS i, c.msg INTO bad
-	  FROM jsonb_array_elements(data -> 'orders') WITH ORDINALITY AS e(v, i),
-		   LATERAL (SELECT ordflow._import_order_check(e.v, p) AS msg) AS c
-	 WHERE c.msg IS NOT NULL
-	 ORDER BY e.i
+	-- the smallest key that appears twice, of users before orders
+	SELECT k.key, k.id, (e.v ->> k.id)::numeric AS v INTO bad
+	  FROM (VALUES (1, 'users', 'uid'), (2, 'orders', 'order_id')) AS k(n, key, id),
+		   jsonb_array_elements(data -> k.key) AS e(v)
+	 GROUP BY k.n, k.key, k.id, 3
+	HAVING count(*) > 1
+	 ORDER BY k.n, 3
 	 LIMIT 1;
 	IF FOUND THEN
-		RAISE EXCEPTION 'orders[%]: %', bad.i, bad.msg
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	SELECT min(d.k) AS k INTO bad
-	  FROM (SELECT (e.v ->> 'uid')::numeric AS k FROM jsonb_array_elements(data -> 'users') AS e(v)
-			 GROUP BY 1 HAVING count(*) > 1) AS d;
-	IF bad.k IS NOT NULL THEN
-		RAISE EXCEPTION 'uid % appears more than once in users', bad.k
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	SELECT min(d.k) AS k INTO bad
-	  FROM (SELECT (e.v ->> 'order_id')::numeric AS k FROM jsonb_array_elements(data -> 'orders') AS e(v)
-			 GROUP BY 1 HAVING count(*) > 1) AS d;
-	IF bad.k IS NOT NULL THEN
-		RAISE EXCEPTION 'order_id % appears more than once in orders', bad.k
+		RAISE EXCEPTION '% % appears more than once in %', bad.id, bad.v, bad.key
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 
