@@ -131,7 +131,7 @@ claim_missing(OfAmqp *a, OfClaims *c, OfWorkerSlot *slot)
 bool
 of_claims_start(OfAmqp *a, OfClaims *c, OfWorkerSlot *slot)
 {
-	int		   *owned = palloc(sizeof(int) * OF_MAX_PARTITIONS);
+	int		   *owned;
 	int			nowned;
 	int			consumers = Max(ordflow_consumers, 1);
 
@@ -139,6 +139,7 @@ of_claims_start(OfAmqp *a, OfClaims *c, OfWorkerSlot *slot)
 	of_slot_set_partitions(slot, "");
 	if (ordflow_partitions <= 1)
 		return true;
+	owned = palloc(sizeof(int) * OF_MAX_PARTITIONS);
 	nowned = of_owned_partition_list(owned);
 	for (int i = slot->index; i < nowned; i += consumers)
 		c->partition[c->n++] = owned[i];
