@@ -899,32 +899,40 @@ END
 $$;
 REVOKE ALL ON FUNCTION ordflow._partition_not_owned(int, text) FROM PUBLIC;
 
--- The users of partition p and its unfinished orders ('initialised': of
--- its users, or without uid, of order_ids in p), as
--- {"partitions": P, "partition": p, "users": [...], "orders": [...]}, rows
--- as to_jsonb() writes them.  Refused while this node holds p.  The rows
--- are locked FOR UPDATE, orders first and then users, like a consumer's
--- batch: one still in flight here is waited for, so it is either in the
--- export or done.
+-- The users of partition p, its orders (of its users, or without uid, of
+-- order_ids in p) and their events, as {"partitions": P, "partition": p,
+-- "users": [...], "orders": [...], "events": [...]}, rows as to_jsonb()
+-- writes them (events without event_id).  Finished orders move too: a late
+-- copy of an order's message (a producer's retry, a redelivery, a relay's
+-- second publish) reaches the new owner, which must know the order is
+-- done.  Refused while this node holds p.  The rows are locked FOR UPDATE,
+-- orders first and then users, like a consumer's batch: one still in
+-- flight here is waited for, and the export has what it committed.
 CREATE FUNCTION ordflow.export_partition(p int)
 RETURNS jsonb
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	o jsonb;
-	u jsonb;
+	o   jsonb;
+	u   jsonb;
+	e   jsonb;
+	ids bigint[];
 BEGIN
 	PERFORM ordflow._partition_not_owned(p, 'export');
 
-	SELECT coalesce(jsonb_agg(to_jsonb(x) ORDER BY x.order_id), '[]')
-	  INTO o
+	SELECT coalesce(jsonb_agg(to_jsonb(x) ORDER BY x.order_id), '[]'),
+		   coalesce(array_agg(x.order_id), '{}')
+	  INTO o, ids
 	  FROM (SELECT r.*
 			  FROM ordflow.orders AS r
-			 WHERE r.status = 'initialised'
-			   AND ordflow.partition_of(coalesce(r.uid, r.order_id)) = p
+			 WHERE ordflow.partition_of(coalesce(r.uid, r.order_id)) = p
 			 ORDER BY r.order_id
 			   FOR UPDATE) AS x;
+	SELECT coalesce(jsonb_agg(to_jsonb(v) - 'event_id' ORDER BY v.event_id), '[]')
+	  INTO e
+	  FROM ordflow.order_events AS v
+	 WHERE v.order_id = ANY (ids);
 	SELECT coalesce(jsonb_agg(to_jsonb(x) ORDER BY x.uid), '[]')
 	  INTO u
 	  FROM (SELECT r.*
@@ -934,7 +942,7 @@ BEGIN
 			   FOR UPDATE) AS x;
 
 	RETURN jsonb_build_object('partitions', ordflow._partitions(), 'partition', p,
-							  'users', u, 'orders', o);
+							  'users', u, 'orders', o, 'events', e);
 END
 $$;
 
@@ -1035,8 +1043,8 @@ $$;
 REVOKE ALL ON FUNCTION ordflow._import_user_check(jsonb, int) FROM PUBLIC;
 
 -- The first problem of one exported order (for import_partition()), or
--- NULL: an unfinished order of partition p, as export_partition() writes
--- it, that place_order() could have made.
+-- NULL: an order of partition p, as export_partition() writes it, that
+-- place_order() and a consumer could have made.
 CREATE FUNCTION ordflow._import_order_check(v jsonb, p int)
 RETURNS text
 LANGUAGE plpgsql STABLE PARALLEL UNSAFE
@@ -1062,12 +1070,21 @@ BEGIN
 	ELSIF ordflow.partition_of(coalesce(uid, id)::bigint) <> p THEN
 		RETURN format('order %s is in partition %s, not %s', id,
 					  ordflow.partition_of(coalesce(uid, id)::bigint), p);
-	ELSIF v -> 'status' IS DISTINCT FROM '"initialised"' THEN
-		RETURN 'status must be "initialised", not ' || ordflow._brief((v -> 'status')::text);
-	ELSIF jsonb_typeof(v -> 'execution_price') <> 'null' THEN
+	ELSIF jsonb_typeof(v -> 'status') <> 'string'
+		  OR v ->> 'status' NOT IN ('initialised', 'completed', 'declined') THEN
+		RETURN 'status must be "initialised", "completed" or "declined", not '
+			|| ordflow._brief((v -> 'status')::text);
+	ELSIF v ->> 'status' = 'initialised' AND jsonb_typeof(v -> 'execution_price') <> 'null' THEN
 		RETURN 'execution_price must be null in an unfinished order';
-	ELSIF jsonb_typeof(v -> 'processed_at') <> 'null' THEN
+	ELSIF v ->> 'status' = 'initialised' AND jsonb_typeof(v -> 'processed_at') <> 'null' THEN
 		RETURN 'processed_at must be null in an unfinished order';
+	ELSIF v ->> 'status' <> 'initialised' AND ordflow._import_timestamptz(v -> 'processed_at') IS NULL THEN
+		RETURN 'processed_at must be a timestamp string in a finished order, got '
+			|| ordflow._brief((v -> 'processed_at')::text);
+	ELSIF jsonb_typeof(v -> 'execution_price') NOT IN ('number', 'null') THEN
+		RETURN 'execution_price must be a JSON number or null, not ' || jsonb_typeof(v -> 'execution_price');
+	ELSIF NOT coalesce((v ->> 'execution_price')::numeric BETWEEN 0 AND 1e18, true) THEN
+		RETURN 'invalid execution_price: ' || ordflow._brief((v -> 'execution_price')::text);
 	ELSIF jsonb_typeof(v -> 'notes') NOT IN ('string', 'null') THEN
 		RETURN 'notes must be a JSON string or null, not ' || jsonb_typeof(v -> 'notes');
 	ELSIF jsonb_typeof(v -> 'symbol') NOT IN ('string', 'null') THEN
@@ -1096,9 +1113,53 @@ END
 $$;
 REVOKE ALL ON FUNCTION ordflow._import_order_check(jsonb, int) FROM PUBLIC;
 
+-- The first problem of one exported event (for import_partition()), or
+-- NULL: an event of an order of partition p.
+CREATE FUNCTION ordflow._import_event_check(v jsonb, p int)
+RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	keys  constant text[] := '{order_id,uid,status,event_time,amount,notes}';
+	shape text;
+	id    numeric;
+	uid   numeric;
+BEGIN
+	shape := ordflow._import_shape(v, keys, 'an event');
+	IF shape IS NOT NULL THEN
+		RETURN shape;
+	END IF;
+	id := ordflow._import_int(v -> 'order_id', -9223372036854775808, 9223372036854775807);
+	uid := ordflow._import_int(v -> 'uid', -9223372036854775808, 9223372036854775807);
+	IF id IS NULL THEN
+		RETURN 'invalid order_id: ' || ordflow._brief((v -> 'order_id')::text);
+	ELSIF uid IS NULL AND jsonb_typeof(v -> 'uid') <> 'null' THEN
+		RETURN 'invalid uid: ' || ordflow._brief((v -> 'uid')::text);
+	ELSIF ordflow.partition_of(coalesce(uid, id)::bigint) <> p THEN
+		RETURN format('the event of order %s is in partition %s, not %s', id,
+					  ordflow.partition_of(coalesce(uid, id)::bigint), p);
+	ELSIF jsonb_typeof(v -> 'status') <> 'string'
+		  OR v ->> 'status' NOT IN ('initialised', 'completed', 'declined') THEN
+		RETURN 'status must be "initialised", "completed" or "declined", not '
+			|| ordflow._brief((v -> 'status')::text);
+	ELSIF ordflow._import_timestamptz(v -> 'event_time') IS NULL THEN
+		RETURN 'event_time must be a timestamp string, got ' || ordflow._brief((v -> 'event_time')::text);
+	ELSIF jsonb_typeof(v -> 'amount') NOT IN ('number', 'null') THEN
+		RETURN 'amount must be a JSON number or null, not ' || jsonb_typeof(v -> 'amount');
+	ELSIF char_length(v ->> 'amount') > 63 THEN
+		RETURN 'invalid amount: ' || ordflow._brief(v ->> 'amount');
+	ELSIF jsonb_typeof(v -> 'notes') NOT IN ('string', 'null') THEN
+		RETURN 'notes must be a JSON string or null, not ' || jsonb_typeof(v -> 'notes');
+	END IF;
+	RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION ordflow._import_event_check(jsonb, int) FROM PUBLIC;
+
 -- Imports what export_partition() wrote on another node (or on this one):
 -- users inserted, or updated to the exported values if the uid exists;
--- orders inserted with their 'initialised' event unless the order_id
+-- orders inserted as they were, with their events, unless the order_id
 -- exists.  Everything is checked first (hostile input: the first bad
 -- element is named, 22023, and nothing is written).  Refused while this
 -- node holds the partition: its queue would be consumed before its users
@@ -1111,7 +1172,7 @@ LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	keys constant text[] := '{partitions,partition,users,orders}';
+	keys constant text[] := '{partitions,partition,users,orders,events}';
 	p    int;
 	bad  record;
 BEGIN
@@ -1121,7 +1182,7 @@ BEGIN
 				  HINT = 'Pass what export_partition() returned.';
 	END IF;
 	IF jsonb_typeof(data) <> 'object' OR NOT data ?& keys OR (data - keys) <> '{}' THEN
-		RAISE EXCEPTION 'data must be a JSON object with exactly the keys partitions, partition, users and orders'
+		RAISE EXCEPTION 'data must be a JSON object with exactly the keys partitions, partition, users, orders and events'
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Pass what export_partition() returned.';
 	END IF;
@@ -1137,17 +1198,27 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	PERFORM ordflow._partition_not_owned(p, 'import');
-	IF jsonb_typeof(data -> 'users') <> 'array' OR jsonb_typeof(data -> 'orders') <> 'array' THEN
-		RAISE EXCEPTION 'users and orders must be JSON arrays'
+	IF jsonb_typeof(data -> 'users') <> 'array' OR jsonb_typeof(data -> 'orders') <> 'array'
+	   OR jsonb_typeof(data -> 'events') <> 'array' THEN
+		RAISE EXCEPTION 'users, orders and events must be JSON arrays'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 
-	-- the first bad element, of users before orders
+	-- the first bad element, of users, then orders, then events; an event
+	-- must belong to an order of the import
 	SELECT k.key, e.i - 1 AS i, c.msg INTO bad
-	  FROM (VALUES (1, 'users'), (2, 'orders')) AS k(n, key),
+	  FROM (VALUES (1, 'users'), (2, 'orders'), (3, 'events')) AS k(n, key),
 		   jsonb_array_elements(data -> k.key) WITH ORDINALITY AS e(v, i),
-		   LATERAL (SELECT CASE k.key WHEN 'users' THEN ordflow._import_user_check(e.v, p)
-								 ELSE ordflow._import_order_check(e.v, p) END AS msg) AS c
+		   LATERAL (SELECT CASE k.key
+							   WHEN 'users' THEN ordflow._import_user_check(e.v, p)
+							   WHEN 'orders' THEN ordflow._import_order_check(e.v, p)
+							   ELSE coalesce(ordflow._import_event_check(e.v, p),
+											 CASE WHEN (e.v -> 'order_id') NOT IN
+														   (SELECT o.v -> 'order_id'
+															  FROM jsonb_array_elements(data -> 'orders') AS o(v))
+												  THEN format('order %s is not among the orders', e.v -> 'order_id')
+											 END)
+						   END AS msg) AS c
 	 WHERE c.msg IS NOT NULL
 	 ORDER BY k.n, e.i
 	 LIMIT 1;
@@ -1169,22 +1240,28 @@ BEGIN
 	END IF;
 
 	-- orders before users, each in key order, as a consumer's batch locks;
-	-- integers through numeric, which reads 1.0 and 1e3 too
+	-- integers through numeric, which reads 1.0 and 1e3 too; the events of
+	-- the orders inserted, in the exported order
 	WITH o AS (
 		INSERT INTO ordflow.orders AS o (order_id, uid, symbol, quantity, amount, status,
-										 notes, created_at, source)
+										 execution_price, notes, created_at, processed_at, source)
 		SELECT (e.v ->> 'order_id')::numeric::bigint, (e.v ->> 'uid')::numeric::bigint, e.v ->> 'symbol',
-			   (e.v ->> 'quantity')::numeric::int, (e.v ->> 'amount')::numeric, 'initialised',
-			   e.v ->> 'notes', (e.v ->> 'created_at')::timestamptz, e.v ->> 'source'
+			   (e.v ->> 'quantity')::numeric::int, (e.v ->> 'amount')::numeric,
+			   (e.v ->> 'status')::ordflow.order_status, (e.v ->> 'execution_price')::numeric,
+			   e.v ->> 'notes', (e.v ->> 'created_at')::timestamptz,
+			   (e.v ->> 'processed_at')::timestamptz, e.v ->> 'source'
 		  FROM jsonb_array_elements(data -> 'orders') AS e(v)
 		 ORDER BY 1
 		ON CONFLICT (order_id) DO NOTHING
-		RETURNING o.order_id, o.uid, o.amount, o.created_at
+		RETURNING o.order_id
 	), ev AS (
-		INSERT INTO ordflow.order_events (order_id, uid, status, event_time, amount)
-		SELECT o.order_id, o.uid, 'initialised', o.created_at, o.amount
-		  FROM o
-		 ORDER BY o.order_id
+		INSERT INTO ordflow.order_events (order_id, uid, status, event_time, amount, notes)
+		SELECT (e.v ->> 'order_id')::numeric::bigint, (e.v ->> 'uid')::numeric::bigint,
+			   (e.v ->> 'status')::ordflow.order_status, (e.v ->> 'event_time')::timestamptz,
+			   (e.v ->> 'amount')::numeric, e.v ->> 'notes'
+		  FROM jsonb_array_elements(data -> 'events') WITH ORDINALITY AS e(v, i)
+		 WHERE (e.v ->> 'order_id')::numeric::bigint IN (SELECT o.order_id FROM o)
+		 ORDER BY e.i
 	)
 	SELECT count(*) INTO import_partition.orders FROM o;
 
@@ -1206,8 +1283,8 @@ END
 $$;
 
 -- On the old owner, once the new one imported the partition: deletes the
--- users of partition p and its unfinished orders with their events (the
--- orders live on the new owner now).  Outbox rows stay: the relay still
+-- users of partition p and its orders with their events (they live on the
+-- new owner now).  Outbox rows stay: the relay still
 -- publishes them to order.created.<p>, which the new owner consumes.
 -- Refused while this node holds p.  Returns how many users and orders
 -- were deleted.
@@ -1225,8 +1302,7 @@ BEGIN
 	SELECT array_agg(x.order_id) INTO ids
 	  FROM (SELECT r.order_id
 			  FROM ordflow.orders AS r
-			 WHERE r.status = 'initialised'
-			   AND ordflow.partition_of(coalesce(r.uid, r.order_id)) = p
+			 WHERE ordflow.partition_of(coalesce(r.uid, r.order_id)) = p
 			 ORDER BY r.order_id
 			   FOR UPDATE) AS x;
 	DELETE FROM ordflow.order_events AS e WHERE e.order_id = ANY (ids);

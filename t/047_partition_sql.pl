@@ -9,11 +9,11 @@
 #   routed order.created.<p>; one of another node's partition (by uid, or
 #   by order_id without uid) only its outbox row; the generator picks only
 #   users it holds;
-# * export_partition() refused while owned, then the users and unfinished
-#   orders of the partition; import_partition() on node B (P = 4, owns 2-3)
-#   reproduces them exactly, refuses hostile input cleanly and imports
-#   nothing then, and refuses a partition B holds; drop_partition() on A
-#   removes exactly that partition;
+# * export_partition() refused while owned, then the users, orders (done
+#   ones too) and events of the partition; import_partition() on node B
+#   (P = 4, owns 2-3) reproduces them exactly, refuses hostile input cleanly
+#   and imports nothing then, and refuses a partition B holds;
+#   drop_partition() on A removes exactly that partition;
 # * the relay publishes outbox rows of kind 'forward' as received, marked
 #   x-ordflow-source "forward", to order.created.<p> or user.<T>.<p> only
 #   (node B has a broker for that).
@@ -199,12 +199,14 @@ is(sa(q{SELECT has_function_privilege('public', 'ordflow.export_partition(int)',
 		   OR has_function_privilege('public', 'ordflow.drop_partition(int)', 'EXECUTE')}), 'f',
 	'PUBLIC may not execute export/import/drop_partition');
 
-# Partition 0 gets variety: a changed user, a completed order (not to be
-# exported), an order without uid.
+# Partition 0 gets variety: a changed user, a completed order (it moves
+# too), an order without uid.
 sa(qq{SELECT ordflow.update_users('{"uid": $u0}', '{"name": "Zoë \\"q\\"", "credit_balance": 123.4500}')});
 my $done = sa("SELECT ordflow.place_order($u0, 99, 'DONE', 1)");
 sa(qq{UPDATE ordflow.orders SET status = 'completed', execution_price = 99, processed_at = now()
-		WHERE order_id = $done});
+		WHERE order_id = $done;
+	  INSERT INTO ordflow.order_events (order_id, uid, status, event_time, amount)
+	  VALUES ($done, $u0, 'completed', now(), 99)});
 my $nouid0;
 for (1 .. 8)
 {
@@ -236,12 +238,12 @@ ok( OrdflowTest::wait_for($a, q{SELECT count(*) FROM pg_stat_activity
 $batch->query_safe('COMMIT');
 ok(OrdflowTest::wait_for($a, q{SELECT count(*) FROM pg_tables WHERE tablename = 'exp_locked'}, '1', 60),
 	'... and finishes once it committed');
-is(sa(qq{SELECT (SELECT count(*) FROM jsonb_array_elements(x -> 'orders') AS o
+is(sa(qq{SELECT (SELECT o ->> 'status' FROM jsonb_array_elements(x -> 'orders') AS o
 				  WHERE (o ->> 'order_id')::bigint = $x) || '/' ||
 				(SELECT u ->> 'credit_balance' FROM jsonb_array_elements(x -> 'users') AS u
 				  WHERE (u ->> 'uid')::bigint = $u0)
-		   FROM public.exp_locked}), "0/$bal",
-	'the export has the batch\'s result: its order done (not exported), the balance debited');
+		   FROM public.exp_locked}), "completed/$bal",
+	'the export has the batch\'s result: its order done, the balance debited');
 $batch->quit;
 $exporter->quit;
 sa('DROP TABLE public.exp_locked');
@@ -251,23 +253,32 @@ my $users0 = q{SELECT uid, name, lname, credit_limit, credit_balance, created_at
 my $orders0 = q{SELECT order_id, uid, symbol, quantity, amount, status, execution_price, notes,
 					   created_at, processed_at, source
 				  FROM ordflow.orders
-				 WHERE ordflow.partition_of(coalesce(uid, order_id)) = 0 AND status = 'initialised'
+				 WHERE ordflow.partition_of(coalesce(uid, order_id)) = 0
 				 ORDER BY order_id};
+my $events0 = q{SELECT order_id, uid, status, event_time, amount, notes
+				  FROM ordflow.order_events
+				 WHERE ordflow.partition_of(coalesce(uid, order_id)) = 0
+				 ORDER BY event_id};
 my $a_users0 = sa("SET timezone = 'UTC'; $users0");
 my $a_orders0 = sa("SET timezone = 'UTC'; $orders0");
+my $a_events0 = sa("SET timezone = 'UTC'; $events0");
 my $n_users0 = sa('SELECT count(*) FROM ordflow.users WHERE ordflow.partition_of(uid) = 0');
 my $n_orders0 = sa(q{SELECT count(*) FROM ordflow.orders
-					  WHERE ordflow.partition_of(coalesce(uid, order_id)) = 0 AND status = 'initialised'});
-ok($n_users0 >= 5 && $n_orders0 >= 10, "partition 0 has $n_users0 users and $n_orders0 unfinished orders");
+					  WHERE ordflow.partition_of(coalesce(uid, order_id)) = 0});
+my $n_events0 = sa(q{SELECT count(*) FROM ordflow.order_events
+					  WHERE ordflow.partition_of(coalesce(uid, order_id)) = 0});
+ok($n_users0 >= 5 && $n_orders0 >= 10 && $n_events0 > $n_orders0,
+	"partition 0 has $n_users0 users, $n_orders0 orders and $n_events0 events");
 
 my $export = sa('SELECT ordflow.export_partition(0)');
 is(sa(qq{SELECT jsonb_build_array(x -> 'partitions', x -> 'partition', jsonb_array_length(x -> 'users'),
-								  jsonb_array_length(x -> 'orders'),
+								  jsonb_array_length(x -> 'orders'), jsonb_array_length(x -> 'events'),
 								  (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(x) AS k))
 		   FROM (SELECT '$export'::jsonb AS x) AS s}),
-	qq{[4, 0, $n_users0, $n_orders0, ["orders", "partition", "partitions", "users"]]},
-	'export: partitions, partition, every user and every unfinished order of partition 0');
-unlike($export, qr/"order_id": $done\b/, 'export: the completed order is not in it');
+	qq{[4, 0, $n_users0, $n_orders0, $n_events0, ["events", "orders", "partition", "partitions", "users"]]},
+	'export: partitions, partition, every user, order and event of partition 0');
+is(sa(qq{SELECT o ->> 'status' FROM jsonb_array_elements('$export'::jsonb -> 'orders') AS o
+		   WHERE (o ->> 'order_id')::bigint = $done}), 'completed', 'export: the completed order is in it, done');
 like($export, qr/"order_id": $nouid0\b/, 'export: the order without uid of partition 0 is');
 
 # ---------------------------------------------------------------------------
@@ -325,8 +336,20 @@ my %bad = (
 	'a duplicate uid'      => qq{SELECT jsonb_set('$u', '{users}', ('$u'::jsonb -> 'users') || ('$u'::jsonb #> '{users,0}'))},
 	'an order of partition 1' => qq{SELECT jsonb_set('$u', '{orders,-1,uid}', to_jsonb($u1))},
 	'order_id huge'        => qq{SELECT jsonb_set('$u', '{orders,-1,order_id}', '9223372036854775808')},
-	'order completed'      => qq{SELECT jsonb_set('$u', '{orders,-1,status}', '"completed"')},
+	'order status unknown' => qq{SELECT jsonb_set('$u', '{orders,-1,status}', '"shipped"')},
+	'done, no processed_at' => qq{SELECT jsonb_set('$u', '{orders,-1,status}', '"completed"')},
 	'execution_price set'  => qq{SELECT jsonb_set('$u', '{orders,-1,execution_price}', '5')},
+	'execution_price huge' => qq{SELECT jsonb_set(jsonb_set(jsonb_set('$u', '{orders,-1,status}', '"completed"'),
+											  '{orders,-1,processed_at}', '"2026-01-01"'),
+									'{orders,-1,execution_price}', '1e30')},
+	'events not an array'  => qq{SELECT jsonb_set('$u', '{events}', '{}')},
+	'an event of partition 1' => qq{SELECT jsonb_set(jsonb_set('$u', '{events,0,uid}', to_jsonb($u1)), '{events,0,order_id}', to_jsonb($u1))},
+	'an event of no order' => qq{SELECT jsonb_set(jsonb_set('$u', '{events,0,uid}', to_jsonb($u0)), '{events,0,order_id}', '4000000')},
+	'event status unknown' => qq{SELECT jsonb_set('$u', '{events,0,status}', '"lost"')},
+	'event_time not a date' => qq{SELECT jsonb_set('$u', '{events,0,event_time}', '"soon"')},
+	'an event amount huge' => qq{SELECT jsonb_set('$u', '{events,0,amount}', '1e300')},
+	'an event key unknown' => qq{SELECT jsonb_set('$u', '{events,0,event_id}', '1')},
+	'an event not an object' => qq{SELECT jsonb_set('$u', '{events,0}', '[]')},
 	'quantity huge'        => qq{SELECT jsonb_set('$u', '{orders,-1,quantity}', '1e10')},
 	'quantity 0'           => qq{SELECT jsonb_set('$u', '{orders,-1,quantity}', '0')},
 	'amount NaN string'    => qq{SELECT jsonb_set('$u', '{orders,-1,amount}', '"NaN"')},
@@ -340,32 +363,31 @@ my $b_before = b_counts();
 for my $what (sort keys %bad)
 {
 	my $data = $bad{$what} =~ /^SELECT/ ? sb($bad{$what}) : $bad{$what};
-	like(imp($data), qr/^22023: \S/, "import refuses $what (22023)");
+	my $e = imp($data);
+	like($e, qr/^22023: \S/, "import refuses $what (22023)");
+	note $e;
 }
 like(sb('SELECT public.err($$SELECT ordflow.import_partition(NULL)$$)'), qr/^22004: /, 'import refuses NULL (22004)');
 is(b_counts(), $b_before, 'after the refused imports, B has nothing more');
 like(imp(sb(qq{SELECT jsonb_set('$u', '{partition}', '2')})),
 	qr/^(55000: cannot import partition 2: this node holds it|22023: users\[0\]: uid \d+ is in partition 0, not 2)/,
 	'import of a partition B holds is refused');
-like(imp(sb(qq{SELECT jsonb_set(jsonb_set(jsonb_set('$u', '{partition}', '2'), '{users}', '[]'), '{orders}', '[]')})),
+like(imp(sb(qq{SELECT jsonb_set(jsonb_set(jsonb_set(jsonb_set('$u', '{partition}', '2'), '{users}', '[]'), '{orders}', '[]'), '{events}', '[]')})),
 	qr/^55000: cannot import partition 2: this node holds it/,
 	'... even empty: 55000, B holds partition 2');
-like(imp(sb(q{SELECT '{"partitions": 4, "partition": 2, "users": [], "orders": []}'})),
+like(imp(sb(q{SELECT '{"partitions": 4, "partition": 2, "users": [], "orders": [], "events": []}'})),
 	qr/^55000: /, 'import refused while owned: 55000');
 
 # The import itself.
 is(sb(qq{SELECT users || '/' || orders FROM ordflow.import_partition('$u')}),
 	"$n_users0/$n_orders0", 'import_partition returns the users and orders it wrote');
 is(sb("SET timezone = 'UTC'; $users0"), $a_users0, 'B has the users of partition 0 exactly as A had them');
-is(sb("SET timezone = 'UTC'; $orders0"), $a_orders0, 'B has the unfinished orders of partition 0 exactly as A had them');
-is(sb(q{SELECT count(*) FROM ordflow.order_events AS e JOIN ordflow.orders AS o USING (order_id)
-		 WHERE e.status = 'initialised' AND e.event_time = o.created_at
-		   AND e.uid IS NOT DISTINCT FROM o.uid AND e.amount IS NOT DISTINCT FROM o.amount}),
-	$n_orders0, 'each imported order has its initialised event');
-is(sb("SELECT count(*) FROM ordflow.orders WHERE order_id = $done"), '0', 'the completed order stayed on A');
+is(sb("SET timezone = 'UTC'; $orders0"), $a_orders0, 'B has the orders of partition 0 exactly as A had them');
+is(sb("SET timezone = 'UTC'; $events0"), $a_events0, '... and their events, in their order');
+is(sb("SELECT status FROM ordflow.orders WHERE order_id = $done"), 'completed', 'the completed order moved, done');
 is(sb(qq{SELECT users || '/' || orders FROM ordflow.import_partition('$u')}),
 	"$n_users0/0", 'imported again: users rewritten, no order twice');
-is(sb("SELECT count(*) FROM ordflow.order_events"), $n_orders0, '... and no event twice');
+is(sb("SELECT count(*) FROM ordflow.order_events"), $n_events0, '... and no event twice');
 # A user changed on B since is set back to the exported values.
 sb(qq{UPDATE ordflow.users SET name = 'changed', credit_balance = 0 WHERE uid = $u0});
 sb(qq{SELECT ordflow.import_partition('$u')});
@@ -381,15 +403,13 @@ my $others = q{SELECT (SELECT count(*) FROM ordflow.users WHERE ordflow.partitio
 					  (SELECT count(*) FROM ordflow.outbox)};
 my $a_others = sa($others);
 is(sa(q{SELECT users || '/' || orders FROM ordflow.drop_partition(0)}), "$n_users0/$n_orders0",
-	'drop_partition(0) deletes the users and unfinished orders of partition 0');
+	'drop_partition(0) deletes the users and orders of partition 0');
 is(sa(qq{SELECT (SELECT count(*) FROM ordflow.users WHERE ordflow.partition_of(uid) = 0) || '/' ||
 			   (SELECT count(*) FROM ordflow.orders
-				 WHERE ordflow.partition_of(coalesce(uid, order_id)) = 0 AND status = 'initialised') || '/' ||
+				 WHERE ordflow.partition_of(coalesce(uid, order_id)) = 0) || '/' ||
 			   (SELECT count(*) FROM ordflow.order_events AS e
-				 WHERE ordflow.partition_of(coalesce(e.uid, e.order_id)) = 0
-				   AND NOT EXISTS (SELECT FROM ordflow.orders AS o WHERE o.order_id = e.order_id))}),
-	'0/0/0', '... with their events (none left without its order)');
-is(sa("SELECT status FROM ordflow.orders WHERE order_id = $done"), 'completed', 'the completed order stays (history)');
+				 WHERE ordflow.partition_of(coalesce(e.uid, e.order_id)) = 0)}),
+	'0/0/0', '... with their events');
 is(sa($others), $a_others, 'other partitions and the outbox untouched');
 is(sa(q{SELECT users || '/' || orders FROM ordflow.drop_partition(0)}), '0/0', 'dropping again deletes nothing');
 
@@ -398,6 +418,7 @@ is(sa(qq{SELECT users || '/' || orders FROM ordflow.import_partition('$u')}), "$
 	'import back on A after the drop');
 is(sa("SET timezone = 'UTC'; $users0"), $a_users0, '... the same users');
 is(sa("SET timezone = 'UTC'; $orders0"), $a_orders0, '... the same orders');
+is(sa("SET timezone = 'UTC'; $events0"), $a_events0, '... the same events');
 
 # ---------------------------------------------------------------------------
 # Outbox kind 'forward' (written by a consumer handing an order or user
