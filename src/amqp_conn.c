@@ -86,20 +86,25 @@ of_amqp_sigterm(SIGNAL_ARGS)
 
 /* Everything a connection depends on; a change means reconnect. */
 static char *
-settings_signature(void)
+settings_signature(const OfAmqp *a)
 {
 	/*
-	 * A consumer's subscriptions depend on the last three: its priority
-	 * and, with partitions, which of them it holds.
+	 * A consumer's subscriptions depend on the last four: its prefetch, its
+	 * priority and, with partitions, which of them it holds.  The relay
+	 * ignores them: reconnecting it would publish its unconfirmed messages
+	 * a second time, for nothing, whenever a partition moves.
 	 */
-	bool		partitioned = ordflow_partitions > 1;
+	bool		subscriber = !a->publisher;
+	bool		partitioned = subscriber && ordflow_partitions > 1;
 
 	return psprintf("%s|%s|%s|%s|%s|%s|%s|%s|%d|%d|%d|%d|%s|%d",
 					ordflow_amqp_url, ordflow_exchange, ordflow_orders_queue,
 					ordflow_user_events_queue, ordflow_queue_type,
 					ordflow_amqp_tls_ca_file, ordflow_amqp_tls_cert_file,
 					ordflow_amqp_tls_key_file, (int) ordflow_amqp_tls_verify,
-					ordflow_heartbeat, ordflow_prefetch, (int) ordflow_consumer_priorities,
+					ordflow_heartbeat,
+					subscriber ? ordflow_prefetch : 0,
+					subscriber ? (int) ordflow_consumer_priorities : 0,
 					partitioned ? ordflow_owned_partitions : "",
 					partitioned ? ordflow_consumers : 0);
 }
@@ -114,7 +119,7 @@ of_amqp_settings_changed(OfAmqp *a)
 	if (a->signature == NULL || a->config_seen == of_config_generation)
 		return false;
 	a->config_seen = of_config_generation;
-	sig = settings_signature();
+	sig = settings_signature(a);
 	changed = strcmp(sig, a->signature) != 0;
 	pfree(sig);
 	return changed;
@@ -445,7 +450,7 @@ settings_changed_while_down(OfAmqp *a)
 	if (a->tried_signature == NULL || a->config_seen == of_config_generation)
 		return false;
 	a->config_seen = of_config_generation;
-	sig = settings_signature();
+	sig = settings_signature(a);
 	changed = strcmp(sig, a->tried_signature) != 0;
 	pfree(sig);
 	return changed;
@@ -479,7 +484,7 @@ try_next_url(OfAmqp *a, bool confirms, long *wait_ms)
 		explicit_bzero(urls[j], strlen(urls[j]));	/* they hold the password */
 	if (a->tried_signature)
 		pfree(a->tried_signature);
-	a->tried_signature = MemoryContextStrdup(TopMemoryContext, settings_signature());
+	a->tried_signature = MemoryContextStrdup(TopMemoryContext, settings_signature(a));
 	a->config_seen = of_config_generation;
 	if (ok)
 		a->signature = MemoryContextStrdup(TopMemoryContext, a->tried_signature);
@@ -537,6 +542,7 @@ of_amqp_ensure_connected(OfAmqp *a, bool confirms, long *wait_ms)
 	TimestampTz now;
 
 	*wait_ms = 0;
+	a->publisher = confirms;
 	if (a->conn != NULL && a->connected && !of_amqp_settings_changed(a))
 		return true;
 	if (!a->url_started)

@@ -31,6 +31,7 @@ typedef struct OfAmqp
 	bool		connected;
 	bool		blocked;		/* broker sent connection.blocked */
 	bool		confirms;		/* channel is in confirm mode */
+	bool		publisher;		/* the relay's: publishes, subscribes to nothing */
 	uint64		next_tag;		/* delivery tag of the next publish */
 	uint64		acked_upto;		/* every tag <= this was confirmed */
 	uint64	   *early_acks;		/* single confirms above acked_upto, unordered */

@@ -243,9 +243,20 @@ $q->($_, 'SELECT ordflow.start(50)') for ($A, $B);
 my $p1_users = $q->($A, q{SELECT count(*) FROM ordflow.users WHERE ordflow.partition_of(uid) = 1});
 my $move_started = $q->($A, 'SELECT now()');
 # 1. A lets partition 1 go; its queue holds the messages meanwhile
+my $letgo_log = -s $A->logfile;
 $q->($A, q{ALTER SYSTEM SET ordflow.owned_partitions = '0'});
 $q->($A, 'SELECT pg_reload_conf()');
 ok(OrdflowTest::wait_for($A, $held_sql, '0', 60), 'A let partition 1 go');
+ok(OrdflowTest::wait_for_log($A, $letgo_log, qr/ordflow consumer LOG:  ordflow: broker settings changed/, 1, 10),
+	'... its consumers reconnected for it');
+# (the relay would publish its unconfirmed messages a second time); once it
+# published what was there when the consumers were done, it has surely
+# seen the reload
+my $letgo_done = $q->($A, 'SELECT now()');
+ok(OrdflowTest::wait_for($A, "SELECT count(*) FROM ordflow.outbox WHERE created_at <= '$letgo_done'", '0', 60),
+	'... and its relay published on');
+unlike(PostgreSQL::Test::Utils::slurp_file($A->logfile, $letgo_log),
+	qr/ordflow relay LOG:  ordflow: broker settings changed/, '... its relay did not');
 # orders for partition 1 keep coming while it moves
 my @during;
 for my $i (0 .. 39)
