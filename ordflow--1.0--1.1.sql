@@ -87,7 +87,10 @@ REVOKE ALL ON ordflow.dead_letters, ordflow.dead_letters_raw FROM PUBLIC;
 
 CREATE TABLE ordflow.applied_user_events (
 	message_id text PRIMARY KEY,
-	applied_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+	applied_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+	-- the uid partition whose queue delivered the event (NULL: a shared
+	-- queue): export_partition() moves the record with the partition
+	partition  int
 );
 CREATE INDEX applied_user_events_applied_at_idx ON ordflow.applied_user_events (applied_at);
 REVOKE ALL ON ordflow.applied_user_events FROM PUBLIC;
@@ -901,11 +904,12 @@ REVOKE ALL ON FUNCTION ordflow._partition_not_owned(int, text) FROM PUBLIC;
 
 -- The users of partition p, its orders (of its users, or without uid, of
 -- order_ids in p) and their events, as {"partitions": P, "partition": p,
--- "users": [...], "orders": [...], "events": [...]}, rows as to_jsonb()
--- writes them (events without event_id).  Finished orders move too: a late
--- copy of an order's message (a producer's retry, a redelivery, a relay's
--- second publish) reaches the new owner, which must know the order is
--- done.  Refused while this node holds p.  The rows are locked FOR UPDATE,
+-- "users": [...], "orders": [...], "events": [...], "applied_user_events":
+-- [...]}, rows as to_jsonb() writes them (events without event_id, applied
+-- user events without partition).  Finished orders and the message_ids of
+-- applied user events move too: a late copy of a message (a producer's
+-- retry, a redelivery, a relay's second publish) reaches the new owner,
+-- which must know it was done.  Refused while this node holds p.  The rows are locked FOR UPDATE,
 -- orders first and then users, like a consumer's batch: one still in
 -- flight here is waited for, and the export has what it committed.
 CREATE FUNCTION ordflow.export_partition(p int)
@@ -917,6 +921,7 @@ DECLARE
 	o   jsonb;
 	u   jsonb;
 	e   jsonb;
+	a   jsonb;
 	ids bigint[];
 BEGIN
 	PERFORM ordflow._partition_not_owned(p, 'export');
@@ -941,8 +946,14 @@ BEGIN
 			 ORDER BY r.uid
 			   FOR UPDATE) AS x;
 
+	SELECT coalesce(jsonb_agg(to_jsonb(v) - 'partition' ORDER BY v.message_id), '[]')
+	  INTO a
+	  FROM ordflow.applied_user_events AS v
+	 WHERE v.partition = p;
+
 	RETURN jsonb_build_object('partitions', ordflow._partitions(), 'partition', p,
-							  'users', u, 'orders', o, 'events', e);
+							  'users', u, 'orders', o, 'events', e,
+							  'applied_user_events', a);
 END
 $$;
 
@@ -1157,10 +1168,32 @@ END
 $$;
 REVOKE ALL ON FUNCTION ordflow._import_event_check(jsonb, int) FROM PUBLIC;
 
+-- The first problem of one exported applied user event, or NULL.
+CREATE FUNCTION ordflow._import_applied_event_check(v jsonb)
+RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	shape text := ordflow._import_shape(v, '{message_id,applied_at}', 'an applied user event');
+BEGIN
+	IF shape IS NOT NULL THEN
+		RETURN shape;
+	ELSIF jsonb_typeof(v -> 'message_id') <> 'string' OR char_length(v ->> 'message_id') NOT BETWEEN 1 AND 255 THEN
+		RETURN 'message_id must be a JSON string of 1 to 255 characters, got '
+			|| ordflow._brief((v -> 'message_id')::text);
+	ELSIF ordflow._import_timestamptz(v -> 'applied_at') IS NULL THEN
+		RETURN 'applied_at must be a timestamp string, got ' || ordflow._brief((v -> 'applied_at')::text);
+	END IF;
+	RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION ordflow._import_applied_event_check(jsonb) FROM PUBLIC;
+
 -- Imports what export_partition() wrote on another node (or on this one):
 -- users inserted, or updated to the exported values if the uid exists;
 -- orders inserted as they were, with their events, unless the order_id
--- exists.  Everything is checked first (hostile input: the first bad
+-- exists; the message_ids of applied user events remembered.  Everything is checked first (hostile input: the first bad
 -- element is named, 22023, and nothing is written).  Refused while this
 -- node holds the partition: its queue would be consumed before its users
 -- are here.  Returns how many users were written and orders inserted.
@@ -1172,7 +1205,7 @@ LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	keys constant text[] := '{partitions,partition,users,orders,events}';
+	keys constant text[] := '{partitions,partition,users,orders,events,applied_user_events}';
 	p    int;
 	bad  record;
 BEGIN
@@ -1182,7 +1215,7 @@ BEGIN
 				  HINT = 'Pass what export_partition() returned.';
 	END IF;
 	IF jsonb_typeof(data) <> 'object' OR NOT data ?& keys OR (data - keys) <> '{}' THEN
-		RAISE EXCEPTION 'data must be a JSON object with exactly the keys partitions, partition, users, orders and events'
+		RAISE EXCEPTION 'data must be a JSON object with exactly the keys partitions, partition, users, orders, events and applied_user_events'
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Pass what export_partition() returned.';
 	END IF;
@@ -1199,19 +1232,21 @@ BEGIN
 	END IF;
 	PERFORM ordflow._partition_not_owned(p, 'import');
 	IF jsonb_typeof(data -> 'users') <> 'array' OR jsonb_typeof(data -> 'orders') <> 'array'
-	   OR jsonb_typeof(data -> 'events') <> 'array' THEN
-		RAISE EXCEPTION 'users, orders and events must be JSON arrays'
+	   OR jsonb_typeof(data -> 'events') <> 'array'
+	   OR jsonb_typeof(data -> 'applied_user_events') <> 'array' THEN
+		RAISE EXCEPTION 'users, orders, events and applied_user_events must be JSON arrays'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 
-	-- the first bad element, of users, then orders, then events; an event
-	-- must belong to an order of the import
+	-- the first bad element, of users, then orders, events and applied
+	-- user events; an event must belong to an order of the import
 	SELECT k.key, e.i - 1 AS i, c.msg INTO bad
-	  FROM (VALUES (1, 'users'), (2, 'orders'), (3, 'events')) AS k(n, key),
+	  FROM (VALUES (1, 'users'), (2, 'orders'), (3, 'events'), (4, 'applied_user_events')) AS k(n, key),
 		   jsonb_array_elements(data -> k.key) WITH ORDINALITY AS e(v, i),
 		   LATERAL (SELECT CASE k.key
 							   WHEN 'users' THEN ordflow._import_user_check(e.v, p)
 							   WHEN 'orders' THEN ordflow._import_order_check(e.v, p)
+							   WHEN 'applied_user_events' THEN ordflow._import_applied_event_check(e.v)
 							   ELSE coalesce(ordflow._import_event_check(e.v, p),
 											 CASE WHEN (e.v -> 'order_id') NOT IN
 														   (SELECT o.v -> 'order_id'
@@ -1265,6 +1300,11 @@ BEGIN
 	)
 	SELECT count(*) INTO import_partition.orders FROM o;
 
+	INSERT INTO ordflow.applied_user_events AS a (message_id, applied_at, partition)
+	SELECT e.v ->> 'message_id', (e.v ->> 'applied_at')::timestamptz, p
+	  FROM jsonb_array_elements(data -> 'applied_user_events') AS e(v)
+	ON CONFLICT (message_id) DO NOTHING;
+
 	INSERT INTO ordflow.users AS u (uid, name, lname, credit_limit, credit_balance,
 									created_at, updated_at)
 	SELECT (e.v ->> 'uid')::numeric::bigint, e.v ->> 'name', e.v ->> 'lname',
@@ -1283,8 +1323,8 @@ END
 $$;
 
 -- On the old owner, once the new one imported the partition: deletes the
--- users of partition p and its orders with their events (they live on the
--- new owner now).  Outbox rows stay: the relay still
+-- users of partition p, its orders with their events and its applied user
+-- events (they live on the new owner now).  Outbox rows stay: the relay still
 -- publishes them to order.created.<p>, which the new owner consumes.
 -- Refused while this node holds p.  Returns how many users and orders
 -- were deleted.
@@ -1317,6 +1357,7 @@ BEGIN
 			   FOR UPDATE) AS x;
 	DELETE FROM ordflow.users AS r WHERE r.uid = ANY (ids);
 	GET DIAGNOSTICS drop_partition.users = ROW_COUNT;
+	DELETE FROM ordflow.applied_user_events AS a WHERE a.partition = p;
 
 	RETURN NEXT;
 END

@@ -171,8 +171,8 @@ SELECT pg_get_expr(d.adbin, d.adrelid) AS uid_default
 SELECT regress_util.err($$SELECT ordflow.export_partition(0)$$);
 SELECT regress_util.err($$SELECT ordflow.drop_partition(0)$$);
 SELECT regress_util.err($$SELECT ordflow.export_partition(1)$$);
-SELECT regress_util.err($$SELECT ordflow.import_partition('{"partitions": 1, "partition": 0, "users": [], "orders": [], "events": []}')$$);
-SELECT regress_util.err($$SELECT ordflow.import_partition('{"partitions": 4, "partition": 1, "users": [], "orders": [], "events": []}')$$);
+SELECT regress_util.err($$SELECT ordflow.import_partition('{"partitions": 1, "partition": 0, "users": [], "orders": [], "events": [], "applied_user_events": []}')$$);
+SELECT regress_util.err($$SELECT ordflow.import_partition('{"partitions": 4, "partition": 1, "users": [], "orders": [], "events": [], "applied_user_events": []}')$$);
 SELECT regress_util.err($$SELECT ordflow.import_partition('[]')$$);
 -- The outbox takes the consumer's 'forward' rows.
 INSERT INTO ordflow.outbox (kind, routing_key, raw_body) VALUES ('forward', 'order.created.0', '\x7b7d');

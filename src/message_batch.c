@@ -66,8 +66,11 @@ static const char *plan_sql[NUM_PLANS] = {
 	"       THEN ordflow.user_event(e)::pg_catalog.text END"
 	"  FROM (SELECT $1::pg_catalog.jsonb AS e) AS s",
 
-	/* PLAN_REMEMBER_EVENT: nothing returned means applied before */
-	"INSERT INTO ordflow.applied_user_events (message_id) VALUES ($1)"
+	/*
+	 * PLAN_REMEMBER_EVENT: nothing returned means applied before.  $2: the
+	 * partition whose queue delivered it, with which the record moves.
+	 */
+	"INSERT INTO ordflow.applied_user_events (message_id, partition) VALUES ($1, $2)"
 	" ON CONFLICT (message_id) DO NOTHING RETURNING 1",
 
 	/* PLAN_REPLIES */
@@ -80,12 +83,12 @@ static const char *plan_sql[NUM_PLANS] = {
 	"   AND pg_catalog.pg_has_role($1, a.oid, 'MEMBER'))"
 };
 
-static const int plan_nargs[NUM_PLANS] = {10, 2, 1, 3, 1};
+static const int plan_nargs[NUM_PLANS] = {10, 2, 2, 3, 1};
 static const Oid plan_types[NUM_PLANS][10] = {
 	{TEXTARRAYOID, TEXTARRAYOID, BYTEAARRAYOID, INT8ARRAYOID, TEXTARRAYOID, BOOLARRAYOID,
 	TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID},
 	{TEXTOID, TEXTOID},
-	{TEXTOID},
+	{TEXTOID, INT4OID},
 	{TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID},
 	{OIDOID}
 };
@@ -244,9 +247,12 @@ apply_user_event(void *arg)
 
 	if (m->message_id != NULL)
 	{
-		Datum		id = CStringGetTextDatum(m->message_id);
+		Datum		remember[2];
 
-		run_plan(PLAN_REMEMBER_EVENT, &id, NULL, SPI_OK_INSERT_RETURNING);
+		remember[0] = CStringGetTextDatum(m->message_id);
+		remember[1] = Int32GetDatum(m->partition);
+		run_plan(PLAN_REMEMBER_EVENT, remember, m->partition >= 0 ? NULL : " n",
+				 SPI_OK_INSERT_RETURNING);
 		if (SPI_processed == 0)
 		{
 			m->outcome = OF_OUT_DUPLICATE;

@@ -12,8 +12,10 @@
  * The ack follows the commit, so a crash in between forwards it twice,
  * and the owner's processing by order_id makes the second copy a no-op:
  * processed exactly once.  User events that name a
- * uid go the same way; user.C and events without a uid are applied where
- * they are received.
+ * uid go the same way.  So do the others (user.C, a condition without uid)
+ * that carry a message_id, to the partition of the message_id's hash: every
+ * copy of one meets the same record of applied message ids, which moves with
+ * the partition.  Without a message_id they are applied where received.
  *
  *-------------------------------------------------------------------------
  */
@@ -37,18 +39,22 @@ static const char *forward_sql =
 static const Oid forward_types[5] = {TEXTARRAYOID, BYTEAARRAYOID, TEXTARRAYOID,
 TEXTARRAYOID, TEXTARRAYOID};
 
-/* The uid an R, U or D event's condition names, as a partition; -1: none. */
+/*
+ * The partition of a user event: of the uid an R, U or D event's condition
+ * names, else of the hash of its message_id ($2); NULL: none.
+ */
 static SPIPlanPtr event_uid_plan = NULL;
 static const char *event_uid_sql =
-"SELECT ordflow.partition_of((e OPERATOR(pg_catalog.->) 'condition'"
-"                             OPERATOR(pg_catalog.->>) 'uid')::pg_catalog.int8)"
+"SELECT CASE WHEN pg_catalog.upper(e OPERATOR(pg_catalog.->>) 'type') OPERATOR(pg_catalog.<>) 'C'"
+"             AND pg_catalog.jsonb_typeof(e OPERATOR(pg_catalog.->) 'condition') OPERATOR(pg_catalog.=) 'object'"
+"             AND pg_catalog.jsonb_typeof(e OPERATOR(pg_catalog.->) 'condition'"
+"                                         OPERATOR(pg_catalog.->) 'uid') OPERATOR(pg_catalog.=) 'number'"
+"        THEN ordflow.partition_of((e OPERATOR(pg_catalog.->) 'condition'"
+"                                   OPERATOR(pg_catalog.->>) 'uid')::pg_catalog.int8)"
+"        ELSE ordflow.partition_of(pg_catalog.hashtext($2)) END"
 "  FROM (SELECT $1::pg_catalog.jsonb AS e) AS s"
-" WHERE pg_catalog.jsonb_typeof(e) OPERATOR(pg_catalog.=) 'object'"
-"   AND pg_catalog.upper(e OPERATOR(pg_catalog.->>) 'type') OPERATOR(pg_catalog.<>) 'C'"
-"   AND pg_catalog.jsonb_typeof(e OPERATOR(pg_catalog.->) 'condition') OPERATOR(pg_catalog.=) 'object'"
-"   AND pg_catalog.jsonb_typeof(e OPERATOR(pg_catalog.->) 'condition'"
-"                               OPERATOR(pg_catalog.->) 'uid') OPERATOR(pg_catalog.=) 'number'";
-static const Oid event_uid_types[1] = {TEXTOID};
+" WHERE pg_catalog.jsonb_typeof(e) OPERATOR(pg_catalog.=) 'object'";
+static const Oid event_uid_types[2] = {TEXTOID, TEXTOID};
 
 /*
  * A decoded order from a shared queue goes to its partition's queue; so
@@ -79,12 +85,17 @@ static void
 event_partition(void *arg)
 {
 	EventPartition *ep = arg;
-	Datum		body;
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
 	bool		isnull;
 	Datum		p;
 
-	body = CStringGetTextDatum(pg_any_to_server(ep->m->body, (int) ep->m->body_len, PG_UTF8));
-	of_run_plan(&event_uid_plan, event_uid_sql, 1, event_uid_types, &body, NULL,
+	values[0] = CStringGetTextDatum(pg_any_to_server(ep->m->body, (int) ep->m->body_len, PG_UTF8));
+	if (ep->m->message_id != NULL)
+		values[1] = CStringGetTextDatum(ep->m->message_id);
+	else
+		nulls[1] = 'n';
+	of_run_plan(&event_uid_plan, event_uid_sql, 2, event_uid_types, values, nulls,
 				SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return;
@@ -95,7 +106,8 @@ event_partition(void *arg)
 
 /*
  * A user event that names a uid goes to the queue of that uid's partition,
- * from a shared queue or from another partition's queue.  One that cannot
+ * one with a message_id to that of its hash, from a shared queue or from
+ * another partition's queue.  One that cannot
  * be read (not JSON, a uid that is no integer) is left to be applied here,
  * which dead-letters it with the reason.
  */

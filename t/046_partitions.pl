@@ -238,9 +238,53 @@ drain_both('before the move');
 exactly_once('before the move');
 OrdflowInvariants::check($_, 'before the move, ' . $_->name, min_orders => 100) for ($A, $B);
 
+# Everything published has been taken: both outboxes and every ordflow
+# queue empty, twice in a row (a forward may be on its way in between).
+sub settled
+{
+	my $deadline = time + 60;
+	my $calm = 0;
+	while (time < $deadline)
+	{
+		my $queued = grep { /^ordflow\.\S*\t[1-9]/ } split /\n/,
+		  $cl->running_node->ctl('list_queues', '-q', '--no-table-headers', 'name', 'messages');
+		my $outbox = $q->($A, 'SELECT count(*) FROM ordflow.outbox') + $q->($B, 'SELECT count(*) FROM ordflow.outbox');
+		$calm = ($queued == 0 && $outbox == 0) ? $calm + 1 : 0;
+		return 1 if $calm >= 2;
+		sleep 0.5;
+	}
+	return 0;
+}
+
+# A producer's retry of a C event (same message_id) creates one user,
+# whichever nodes its copies reach: both go to the partition of the
+# message_id, whose holder remembers it.  (The generators are stopped, so
+# the queues settle.)
+$mq->publish('user.C', qq({"type": "C", "name": "twice-$_", "lname": "user", "credit_limit": 5}),
+	message_id => "ev-twice-$_") for map { ($_, $_) } 1 .. 10;
+ok(settled(), 'the retried C events were all taken');
+my $twice = sub {
+	my ($n, $cond) = @_;
+	return $q->($n, "SELECT count(*) FROM ordflow.users WHERE name LIKE 'twice-%' $cond");
+};
+is($twice->($A, '') + $twice->($B, ''), 10, 'ten C events sent twice each created ten users');
+is($twice->($A, 'AND ordflow.partition_of(uid) NOT IN (0, 1)')
+	+ $twice->($B, 'AND ordflow.partition_of(uid) NOT IN (2, 3)'), 0, '... each in a partition of the node that applied it');
+is($q->($A, q{SELECT count(*) FROM ordflow.applied_user_events
+			   WHERE message_id LIKE 'ev-twice-%' AND partition NOT IN (0, 1)})
+	+ $q->($B, q{SELECT count(*) FROM ordflow.applied_user_events
+				  WHERE message_id LIKE 'ev-twice-%' AND partition NOT IN (2, 3)}),
+	0, '... remembered with a partition the node holds');
+
 # --- move partition 1 from A to B under load -----------------------------
 $q->($_, 'SELECT ordflow.start(50)') for ($A, $B);
 my $p1_users = $q->($A, q{SELECT count(*) FROM ordflow.users WHERE ordflow.partition_of(uid) = 1});
+# a user event applied on A before the move, to be retried after it
+my $mv = (grep { $_ % 4 == 1 } @all_users)[1];
+my $ev_old = qq({"type": "U", "condition": {"uid": $mv}, "new_val": {"name": "before-move"}});
+$mq->publish('user.U.1', $ev_old, message_id => 'ev-move-old');
+ok(OrdflowTest::wait_for($A, "SELECT name FROM ordflow.users WHERE uid = $mv", 'before-move', 60),
+	'A applied a U event for a user of partition 1');
 my $move_started = $q->($A, 'SELECT now()');
 # 1. A lets partition 1 go; its queue holds the messages meanwhile
 my $letgo_log = -s $A->logfile;
@@ -300,6 +344,10 @@ my @retried = grep { /"uid": (\d+)/ && $1 % 4 == 1 } map { $_->[1] } grep { $_->
 my $retried_ids = join ',', map { /"order_id": (\d+)/ } @retried;
 my $after_retries = $next_id++;
 my $p1_uid = (grep { $_ % 4 == 1 } @all_users)[0];
+# and a newer U event, then the retry of the old one
+$mq->publish('user.U.1', qq({"type": "U", "condition": {"uid": $mv}, "new_val": {"name": "after-move"}}),
+	message_id => 'ev-move-new');
+$mq->publish('user.U.1', $ev_old, message_id => 'ev-move-old');
 $mq->publish_many('order.created.1',
 	[ @retried, qq({"order_id": $after_retries, "uid": $p1_uid, "symbol": "AFTER", "quantity": 1}) ]);
 ok(OrdflowTest::wait_for($B, "SELECT status <> 'initialised' FROM ordflow.orders WHERE order_id = $after_retries",
@@ -311,6 +359,8 @@ is($q->($B, qq{SELECT count(*) FROM ordflow.order_events
 is($q->($B, qq{SELECT count(*) FROM ordflow.order_events
 				WHERE order_id IN ($retried_ids) AND event_time >= '$move_started'}),
 	0, '... and none since');
+is($q->($B, "SELECT name FROM ordflow.users WHERE uid = $mv"), 'after-move',
+	'B dropped the retried user event A had applied before the move (it moved with the partition)');
 sleep 2;
 
 drain_both('after the move');

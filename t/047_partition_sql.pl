@@ -215,6 +215,12 @@ for (1 .. 8)
 }
 ok($nouid0, 'an order without uid in partition 0');
 
+# the record of applied user events: one of partition 0 moves with it
+sa(q{INSERT INTO ordflow.applied_user_events (message_id, partition)
+	 VALUES ('moved-0', 0), ('stays-1', 1), ('shared', NULL)});
+my $applied_sql = q{SELECT string_agg(message_id || ':' || coalesce(partition::text, '-'), ',' ORDER BY message_id)
+					  FROM ordflow.applied_user_events};
+
 # Now A gives partition 0 up.
 sa(q{ALTER SYSTEM SET ordflow.owned_partitions = '1-2'});
 sa('SELECT pg_reload_conf()');
@@ -275,11 +281,13 @@ is(sa(qq{SELECT jsonb_build_array(x -> 'partitions', x -> 'partition', jsonb_arr
 								  jsonb_array_length(x -> 'orders'), jsonb_array_length(x -> 'events'),
 								  (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(x) AS k))
 		   FROM (SELECT '$export'::jsonb AS x) AS s}),
-	qq{[4, 0, $n_users0, $n_orders0, $n_events0, ["events", "orders", "partition", "partitions", "users"]]},
+	qq{[4, 0, $n_users0, $n_orders0, $n_events0, ["applied_user_events", "events", "orders", "partition", "partitions", "users"]]},
 	'export: partitions, partition, every user, order and event of partition 0');
 is(sa(qq{SELECT o ->> 'status' FROM jsonb_array_elements('$export'::jsonb -> 'orders') AS o
 		   WHERE (o ->> 'order_id')::bigint = $done}), 'completed', 'export: the completed order is in it, done');
 like($export, qr/"order_id": $nouid0\b/, 'export: the order without uid of partition 0 is');
+is(sa(qq{SELECT string_agg(a ->> 'message_id', ',') FROM jsonb_array_elements('$export'::jsonb -> 'applied_user_events') AS a}),
+	'moved-0', 'export: the applied user events of partition 0');
 
 # ---------------------------------------------------------------------------
 # Node B: P = 4, owns 2-3, with a broker (for the relay below).
@@ -350,6 +358,11 @@ my %bad = (
 	'an event amount huge' => qq{SELECT jsonb_set('$u', '{events,0,amount}', '1e300')},
 	'an event key unknown' => qq{SELECT jsonb_set('$u', '{events,0,event_id}', '1')},
 	'an event not an object' => qq{SELECT jsonb_set('$u', '{events,0}', '[]')},
+	'applied events not an array' => qq{SELECT jsonb_set('$u', '{applied_user_events}', '"x"')},
+	'an applied event id a number' => qq{SELECT jsonb_set('$u', '{applied_user_events}', '[{"message_id": 5, "applied_at": "2026-01-01"}]')},
+	'an applied event id empty' => qq{SELECT jsonb_set('$u', '{applied_user_events}', '[{"message_id": "", "applied_at": "2026-01-01"}]')},
+	'an applied event time bad' => qq{SELECT jsonb_set('$u', '{applied_user_events}', '[{"message_id": "m", "applied_at": "x"}]')},
+	'an applied event partition' => qq{SELECT jsonb_set('$u', '{applied_user_events}', '[{"message_id": "m", "applied_at": "2026-01-01", "partition": 3}]')},
 	'quantity huge'        => qq{SELECT jsonb_set('$u', '{orders,-1,quantity}', '1e10')},
 	'quantity 0'           => qq{SELECT jsonb_set('$u', '{orders,-1,quantity}', '0')},
 	'amount NaN string'    => qq{SELECT jsonb_set('$u', '{orders,-1,amount}', '"NaN"')},
@@ -375,7 +388,7 @@ like(imp(sb(qq{SELECT jsonb_set('$u', '{partition}', '2')})),
 like(imp(sb(qq{SELECT jsonb_set(jsonb_set(jsonb_set(jsonb_set('$u', '{partition}', '2'), '{users}', '[]'), '{orders}', '[]'), '{events}', '[]')})),
 	qr/^55000: cannot import partition 2: this node holds it/,
 	'... even empty: 55000, B holds partition 2');
-like(imp(sb(q{SELECT '{"partitions": 4, "partition": 2, "users": [], "orders": [], "events": []}'})),
+like(imp(sb(q{SELECT '{"partitions": 4, "partition": 2, "users": [], "orders": [], "events": [], "applied_user_events": []}'})),
 	qr/^55000: /, 'import refused while owned: 55000');
 
 # The import itself.
@@ -385,6 +398,7 @@ is(sb("SET timezone = 'UTC'; $users0"), $a_users0, 'B has the users of partition
 is(sb("SET timezone = 'UTC'; $orders0"), $a_orders0, 'B has the orders of partition 0 exactly as A had them');
 is(sb("SET timezone = 'UTC'; $events0"), $a_events0, '... and their events, in their order');
 is(sb("SELECT status FROM ordflow.orders WHERE order_id = $done"), 'completed', 'the completed order moved, done');
+is(sb($applied_sql), 'moved-0:0', 'B remembers the applied user events of partition 0, as of partition 0');
 is(sb(qq{SELECT users || '/' || orders FROM ordflow.import_partition('$u')}),
 	"$n_users0/0", 'imported again: users rewritten, no order twice');
 is(sb("SELECT count(*) FROM ordflow.order_events"), $n_events0, '... and no event twice');
@@ -410,6 +424,7 @@ is(sa(qq{SELECT (SELECT count(*) FROM ordflow.users WHERE ordflow.partition_of(u
 			   (SELECT count(*) FROM ordflow.order_events AS e
 				 WHERE ordflow.partition_of(coalesce(e.uid, e.order_id)) = 0)}),
 	'0/0/0', '... with their events');
+is(sa($applied_sql), 'shared:-,stays-1:1', '... and its applied user events, no others');
 is(sa($others), $a_others, 'other partitions and the outbox untouched');
 is(sa(q{SELECT users || '/' || orders FROM ordflow.drop_partition(0)}), '0/0', 'dropping again deletes nothing');
 
