@@ -1053,6 +1053,35 @@ END
 $$;
 REVOKE ALL ON FUNCTION ordflow._import_user_check(jsonb, int) FROM PUBLIC;
 
+-- The first problem of the order_id, uid and status an exported order or
+-- event has (for the two checks below), or NULL: integers, the partition
+-- p, a status.  "what" names the element in the message.
+CREATE FUNCTION ordflow._import_order_ref(v jsonb, p int, what text)
+RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	id  numeric := ordflow._import_int(v -> 'order_id', -9223372036854775808, 9223372036854775807);
+	uid numeric := ordflow._import_int(v -> 'uid', -9223372036854775808, 9223372036854775807);
+BEGIN
+	IF id IS NULL THEN
+		RETURN 'invalid order_id: ' || ordflow._brief((v -> 'order_id')::text);
+	ELSIF uid IS NULL AND jsonb_typeof(v -> 'uid') <> 'null' THEN
+		RETURN 'invalid uid: ' || ordflow._brief((v -> 'uid')::text);
+	ELSIF ordflow.partition_of(coalesce(uid, id)::bigint) <> p THEN
+		RETURN format('%s %s is in partition %s, not %s', what, id,
+					  ordflow.partition_of(coalesce(uid, id)::bigint), p);
+	ELSIF jsonb_typeof(v -> 'status') <> 'string'
+		  OR v ->> 'status' NOT IN ('initialised', 'completed', 'declined') THEN
+		RETURN 'status must be "initialised", "completed" or "declined", not '
+			|| ordflow._brief((v -> 'status')::text);
+	END IF;
+	RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION ordflow._import_order_ref(jsonb, int, text) FROM PUBLIC;
+
 -- The first problem of one exported order (for import_partition()), or
 -- NULL: an order of partition p, as export_partition() writes it, that
 -- place_order() and a consumer could have made.
@@ -1062,29 +1091,14 @@ LANGUAGE plpgsql STABLE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	keys  constant text[] := '{order_id,uid,symbol,quantity,amount,status,execution_price,notes,created_at,processed_at,source}';
-	shape text;
-	id    numeric;
-	uid   numeric;
-	amt   numeric;
+	keys    constant text[] := '{order_id,uid,symbol,quantity,amount,status,execution_price,notes,created_at,processed_at,source}';
+	problem text;
+	amt     numeric;
 BEGIN
-	shape := ordflow._import_shape(v, keys, 'an order');
-	IF shape IS NOT NULL THEN
-		RETURN shape;
-	END IF;
-	id := ordflow._import_int(v -> 'order_id', -9223372036854775808, 9223372036854775807);
-	uid := ordflow._import_int(v -> 'uid', -9223372036854775808, 9223372036854775807);
-	IF id IS NULL THEN
-		RETURN 'invalid order_id: ' || ordflow._brief((v -> 'order_id')::text);
-	ELSIF uid IS NULL AND jsonb_typeof(v -> 'uid') <> 'null' THEN
-		RETURN 'invalid uid: ' || ordflow._brief((v -> 'uid')::text);
-	ELSIF ordflow.partition_of(coalesce(uid, id)::bigint) <> p THEN
-		RETURN format('order %s is in partition %s, not %s', id,
-					  ordflow.partition_of(coalesce(uid, id)::bigint), p);
-	ELSIF jsonb_typeof(v -> 'status') <> 'string'
-		  OR v ->> 'status' NOT IN ('initialised', 'completed', 'declined') THEN
-		RETURN 'status must be "initialised", "completed" or "declined", not '
-			|| ordflow._brief((v -> 'status')::text);
+	problem := coalesce(ordflow._import_shape(v, keys, 'an order'),
+						ordflow._import_order_ref(v, p, 'order'));
+	IF problem IS NOT NULL THEN
+		RETURN problem;
 	ELSIF v ->> 'status' = 'initialised' AND jsonb_typeof(v -> 'execution_price') <> 'null' THEN
 		RETURN 'execution_price must be null in an unfinished order';
 	ELSIF v ->> 'status' = 'initialised' AND jsonb_typeof(v -> 'processed_at') <> 'null' THEN
@@ -1132,28 +1146,13 @@ LANGUAGE plpgsql STABLE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	keys  constant text[] := '{order_id,uid,status,event_time,amount,notes}';
-	shape text;
-	id    numeric;
-	uid   numeric;
+	keys    constant text[] := '{order_id,uid,status,event_time,amount,notes}';
+	problem text;
 BEGIN
-	shape := ordflow._import_shape(v, keys, 'an event');
-	IF shape IS NOT NULL THEN
-		RETURN shape;
-	END IF;
-	id := ordflow._import_int(v -> 'order_id', -9223372036854775808, 9223372036854775807);
-	uid := ordflow._import_int(v -> 'uid', -9223372036854775808, 9223372036854775807);
-	IF id IS NULL THEN
-		RETURN 'invalid order_id: ' || ordflow._brief((v -> 'order_id')::text);
-	ELSIF uid IS NULL AND jsonb_typeof(v -> 'uid') <> 'null' THEN
-		RETURN 'invalid uid: ' || ordflow._brief((v -> 'uid')::text);
-	ELSIF ordflow.partition_of(coalesce(uid, id)::bigint) <> p THEN
-		RETURN format('the event of order %s is in partition %s, not %s', id,
-					  ordflow.partition_of(coalesce(uid, id)::bigint), p);
-	ELSIF jsonb_typeof(v -> 'status') <> 'string'
-		  OR v ->> 'status' NOT IN ('initialised', 'completed', 'declined') THEN
-		RETURN 'status must be "initialised", "completed" or "declined", not '
-			|| ordflow._brief((v -> 'status')::text);
+	problem := coalesce(ordflow._import_shape(v, keys, 'an event'),
+						ordflow._import_order_ref(v, p, 'the event of order'));
+	IF problem IS NOT NULL THEN
+		RETURN problem;
 	ELSIF ordflow._import_timestamptz(v -> 'event_time') IS NULL THEN
 		RETURN 'event_time must be a timestamp string, got ' || ordflow._brief((v -> 'event_time')::text);
 	ELSIF jsonb_typeof(v -> 'amount') NOT IN ('number', 'null') THEN
