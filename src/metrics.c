@@ -2,7 +2,8 @@
  *
  * metrics.c
  *	  The latency histogram shared by the consumers (which fill it) and
- *	  metrics() (which reads percentiles from it).
+ *	  metrics() (which reads percentiles from it), and what a consumer's
+ *	  pass over its orders adds to the metrics tables.
  *
  * 256 buckets: bucket 0 holds latencies under 0.01 ms; bucket i >= 1 covers
  * [0.01 * 2^((i-1)/8), 0.01 * 2^(i/8)) ms, so a percentile is known within
@@ -15,11 +16,15 @@
 #include <math.h>
 
 #include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/array.h"
+#include "utils/fmgrprotos.h"
+#include "utils/timestamp.h"
 
 #include "metrics.h"
 #include "ordflow.h"
+#include "spi_util.h"
 
 PG_FUNCTION_INFO_V1(ordflow_latency_percentile);
 PG_FUNCTION_INFO_V1(ordflow_latency_percentiles);
@@ -173,4 +178,81 @@ ordflow_latency_percentiles(PG_FUNCTION_ARGS)
 	dims[0] = np;
 	PG_RETURN_ARRAYTYPE_P(construct_md_array(out, outnulls, 1, dims, lbs, FLOAT8OID,
 											 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/* ---- a consumer's pass ---- */
+
+void
+of_metrics_reset(OfPassMetrics *pm)
+{
+	pm->completed = 0;
+	pm->declined = 0;
+	pm->sum_price = DirectFunctionCall1(int4_numeric, Int32GetDatum(0));
+	memset(pm->hist, 0, sizeof(pm->hist));
+}
+
+void
+of_metrics_count(OfPassMetrics *pm, bool completed, Datum price, double latency_ms)
+{
+	if (completed)
+	{
+		pm->completed++;
+		pm->sum_price = DirectFunctionCall2(numeric_add, pm->sum_price, price);
+	}
+	else
+		pm->declined++;
+	pm->hist[of_latency_bucket(latency_ms)]++;
+}
+
+/* Per-worker rows, so consumers never queue on one row. */
+static SPIPlanPtr record_plan = NULL;
+static const char *record_sql =
+"WITH t AS ("
+"  INSERT INTO ordflow.metrics_totals AS t"
+"         (worker, processed, completed, declined, sum_price, latency_hist, last_processed_at)"
+"  VALUES ($1, $2, $3, $4, $5, $6, $7)"
+"  ON CONFLICT (worker) DO UPDATE SET"
+"    processed = t.processed + excluded.processed,"
+"    completed = t.completed + excluded.completed,"
+"    declined = t.declined + excluded.declined,"
+"    sum_price = t.sum_price + excluded.sum_price,"
+"    latency_hist = ARRAY(SELECT COALESCE(h.a, 0) + COALESCE(h.b, 0)"
+"                           FROM unnest(t.latency_hist, excluded.latency_hist)"
+"                                WITH ORDINALITY AS h(a, b, i) ORDER BY h.i),"
+"    last_processed_at = GREATEST(t.last_processed_at, excluded.last_processed_at))"
+" INSERT INTO ordflow.metrics_minute AS m"
+"        (minute, worker, processed, completed, declined, sum_price, latency_hist,"
+"         first_at, last_at)"
+" VALUES (pg_catalog.date_trunc('minute', $7), $1, $2, $3, $4, $5, $6, $7, $7)"
+" ON CONFLICT (minute, worker) DO UPDATE SET"
+"    first_at = LEAST(m.first_at, excluded.first_at),"
+"    last_at = GREATEST(m.last_at, excluded.last_at),"
+"    processed = m.processed + excluded.processed,"
+"    completed = m.completed + excluded.completed,"
+"    declined = m.declined + excluded.declined,"
+"    sum_price = m.sum_price + excluded.sum_price,"
+"    latency_hist = ARRAY(SELECT COALESCE(h.a, 0) + COALESCE(h.b, 0)"
+"                           FROM unnest(m.latency_hist, excluded.latency_hist)"
+"                                WITH ORDINALITY AS h(a, b, i) ORDER BY h.i)";
+static const Oid record_types[7] = {INT4OID, INT8OID, INT8OID, INT8OID, NUMERICOID,
+INT8ARRAYOID, TIMESTAMPTZOID};
+
+/* In the pass's transaction: this consumer's rows only. */
+void
+of_metrics_record(const OfPassMetrics *pm, int worker_no, TimestampTz processed_at)
+{
+	Datum		hist[OF_HIST_BUCKETS];
+	Datum		values[7];
+
+	for (int i = 0; i < OF_HIST_BUCKETS; i++)
+		hist[i] = Int64GetDatum(pm->hist[i]);
+	values[0] = Int32GetDatum(worker_no);
+	values[1] = Int64GetDatum(pm->completed + pm->declined);
+	values[2] = Int64GetDatum(pm->completed);
+	values[3] = Int64GetDatum(pm->declined);
+	values[4] = pm->sum_price;
+	values[5] = PointerGetDatum(construct_array(hist, OF_HIST_BUCKETS, INT8OID, 8,
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[6] = TimestampTzGetDatum(processed_at);
+	of_run_plan(&record_plan, record_sql, 7, record_types, values, NULL, SPI_OK_INSERT);
 }

@@ -44,7 +44,6 @@ typedef enum PlanId
 	PLAN_LOCK_ORDERS,
 	PLAN_LOCK_USERS,
 	PLAN_APPLY,
-	PLAN_METRICS,
 	NUM_PLANS
 } PlanId;
 
@@ -85,46 +84,16 @@ static const char *plan_sql[NUM_PLANS] = {
 	"  SELECT v.order_id, v.uid, v.status::ordflow.order_status, $7, v.event_amount, v.notes FROM v)"
 	" UPDATE ordflow.users u SET credit_balance = b.balance, updated_at = $7"
 	"   FROM unnest($8::pg_catalog.int8[], $9::pg_catalog.numeric[]) AS b(uid, balance)"
-	"  WHERE u.uid = b.uid",
-
-	/* PLAN_METRICS: per-worker rows, so consumers never queue on one row */
-	"WITH t AS ("
-	"  INSERT INTO ordflow.metrics_totals AS t"
-	"         (worker, processed, completed, declined, sum_price, latency_hist, last_processed_at)"
-	"  VALUES ($1, $2, $3, $4, $5, $6, $7)"
-	"  ON CONFLICT (worker) DO UPDATE SET"
-	"    processed = t.processed + excluded.processed,"
-	"    completed = t.completed + excluded.completed,"
-	"    declined = t.declined + excluded.declined,"
-	"    sum_price = t.sum_price + excluded.sum_price,"
-	"    latency_hist = ARRAY(SELECT COALESCE(h.a, 0) + COALESCE(h.b, 0)"
-	"                           FROM unnest(t.latency_hist, excluded.latency_hist)"
-	"                                WITH ORDINALITY AS h(a, b, i) ORDER BY h.i),"
-	"    last_processed_at = GREATEST(t.last_processed_at, excluded.last_processed_at))"
-	" INSERT INTO ordflow.metrics_minute AS m"
-	"        (minute, worker, processed, completed, declined, sum_price, latency_hist,"
-	"         first_at, last_at)"
-	" VALUES (pg_catalog.date_trunc('minute', $7), $1, $2, $3, $4, $5, $6, $7, $7)"
-	" ON CONFLICT (minute, worker) DO UPDATE SET"
-	"    first_at = LEAST(m.first_at, excluded.first_at),"
-	"    last_at = GREATEST(m.last_at, excluded.last_at),"
-	"    processed = m.processed + excluded.processed,"
-	"    completed = m.completed + excluded.completed,"
-	"    declined = m.declined + excluded.declined,"
-	"    sum_price = m.sum_price + excluded.sum_price,"
-	"    latency_hist = ARRAY(SELECT COALESCE(h.a, 0) + COALESCE(h.b, 0)"
-	"                           FROM unnest(m.latency_hist, excluded.latency_hist)"
-	"                                WITH ORDINALITY AS h(a, b, i) ORDER BY h.i)"
+	"  WHERE u.uid = b.uid"
 };
 
-static const int plan_nargs[NUM_PLANS] = {6, 1, 1, 10, 7};
+static const int plan_nargs[NUM_PLANS] = {6, 1, 1, 10};
 static const Oid plan_types[NUM_PLANS][10] = {
 	{INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, NUMERICARRAYOID, TIMESTAMPTZARRAYOID},
 	{INT8ARRAYOID},
 	{INT8ARRAYOID},
 	{INT8ARRAYOID, TEXTARRAYOID, NUMERICARRAYOID, TEXTARRAYOID, INT8ARRAYOID, NUMERICARRAYOID,
-	TIMESTAMPTZOID, INT8ARRAYOID, NUMERICARRAYOID, TIDARRAYOID},
-	{INT4OID, INT8OID, INT8OID, INT8OID, NUMERICOID, INT8ARRAYOID, TIMESTAMPTZOID}
+	TIMESTAMPTZOID, INT8ARRAYOID, NUMERICARRAYOID, TIDARRAYOID}
 };
 
 static SPIPlanPtr plans[NUM_PLANS];
@@ -154,12 +123,9 @@ typedef struct OrderPass
 	Datum	   *balances;
 	bool	   *balance_found;
 	bool	   *balance_changed;
-	/* metrics of this pass */
-	int64		completed;
-	int64		declined;
+	/* what this pass settled */
+	OfPassMetrics metrics;
 	int64		generated;		/* of those, made by the generator */
-	Datum		sum_price;
-	int64		hist[OF_HIST_BUCKETS];
 	TimestampTz processed_at;
 } OrderPass;
 
@@ -479,20 +445,11 @@ settle_and_write(OrderPass *p)
 		of_array_add(a_evamt, price, notes != NULL && strcmp(notes, "unknown user") == 0);
 		/* a declined order has no execution price */
 		of_array_add(a_price, price, notes != NULL);
-		if (notes == NULL)
-		{
-			m->outcome = OF_OUT_COMPLETED;
-			p->completed++;
-			p->sum_price = DirectFunctionCall2(numeric_add, p->sum_price, price);
-		}
-		else
-		{
-			m->outcome = OF_OUT_DECLINED;
-			p->declined++;
-		}
+		m->outcome = notes == NULL ? OF_OUT_COMPLETED : OF_OUT_DECLINED;
+		of_metrics_count(&p->metrics, notes == NULL, price,
+						 (double) (p->processed_at - p->todo[i]->created_at) / 1000.0);
 		if (p->todo[i]->generated)
 			p->generated++;
-		p->hist[of_latency_bucket((double) (p->processed_at - p->todo[i]->created_at) / 1000.0)]++;
 	}
 	for (int k = 0; k < p->nuids; k++)
 	{
@@ -512,26 +469,6 @@ settle_and_write(OrderPass *p)
 	values[8] = of_array_done(u_bal);
 	values[9] = of_array_done(a_tid);
 	run_plan(PLAN_APPLY, values, NULL, SPI_OK_UPDATE);
-}
-
-/* Metrics, in the same transaction: this consumer's rows only. */
-static void
-record_metrics(OrderPass *p)
-{
-	Datum		hist[OF_HIST_BUCKETS];
-	Datum		mv[7];
-
-	for (int i = 0; i < OF_HIST_BUCKETS; i++)
-		hist[i] = Int64GetDatum(p->hist[i]);
-	mv[0] = Int32GetDatum(p->worker_no);
-	mv[1] = Int64GetDatum(p->completed + p->declined);
-	mv[2] = Int64GetDatum(p->completed);
-	mv[3] = Int64GetDatum(p->declined);
-	mv[4] = p->sum_price;
-	mv[5] = PointerGetDatum(construct_array(hist, OF_HIST_BUCKETS, INT8OID, 8,
-											FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	mv[6] = TimestampTzGetDatum(p->processed_at);
-	run_plan(PLAN_METRICS, mv, NULL, SPI_OK_INSERT);
 }
 
 /* One set-wise pass; run in a subtransaction. */
@@ -560,17 +497,14 @@ settle_orders(void *arg)
 	qsort(p->todo, p->ntodo, sizeof(OrderItem *), cmp_item_pos);
 	lock_users(p);
 	settle_and_write(p);
-	record_metrics(p);
+	of_metrics_record(&p->metrics, p->worker_no, p->processed_at);
 }
 
 static void
 reset_pass(OrderPass *p)
 {
-	p->completed = 0;
-	p->declined = 0;
+	of_metrics_reset(&p->metrics);
 	p->generated = 0;
-	p->sum_price = DirectFunctionCall1(int4_numeric, Int32GetDatum(0));
-	memset(p->hist, 0, sizeof(p->hist));
 }
 
 /*
