@@ -449,9 +449,12 @@ of_process_batch(OfMessage *msgs, int n, int worker_no, OfBatchStats *stats)
 			dead_letter(m, psprintf("message of " UINT64_FORMAT " bytes exceeds ordflow.max_message_size (%d bytes)",
 									m->body_size, ordflow_max_message_size),
 						ERRCODE_PROGRAM_LIMIT_EXCEEDED);
+		else if (m->kind == OF_MSG_BROKER_DEAD && m->death_reason != NULL)
+			dead_letter(m, psprintf("dead-lettered by the broker: %s", m->death_reason), 0);
 		else if (m->kind == OF_MSG_BROKER_DEAD)
-			dead_letter(m, psprintf("dead-lettered by the broker: %s",
-									m->death_reason ? m->death_reason : "unknown reason"), 0);
+			/* no x-death: the exchange's alternate exchange sent it (README) */
+			dead_letter(m, psprintf("no queue is bound to routing key \"%s\": the broker routed it to the alternate exchange",
+									m->routing_key), 0);
 		else if (m->kind == OF_MSG_USER_EVENT)
 		{
 			of_forward_user_event(m);

@@ -16,7 +16,9 @@
 #   drop_partition() on A removes exactly that partition;
 # * the relay publishes outbox rows of kind 'forward' as received, marked
 #   x-ordflow-source "forward", to order.created.<p> or user.<T>.<p> only
-#   (node B has a broker for that).
+#   (node B has a broker for that);
+# * with the README's alternate-exchange policy, what no queue is bound for
+#   becomes a dead letter saying so.
 
 use strict;
 use warnings;
@@ -470,5 +472,29 @@ ok(OrdflowTest::wait_for($b, 'SELECT count(*) FROM ordflow.outbox', '0', 60), 't
 my @leaked = ($mq->get_messages('spy.fwd', count => 10), $mq->get_messages('spy.fwduser', count => 10));
 is(scalar(@leaked), 0, 'none of them was published')
   or diag join("\n", map { $_->{routing_key} } @leaked);
+
+# ---------------------------------------------------------------------------
+# What no queue is bound for (here order.updated: with P > 1 the shared
+# queue takes only order.created) the broker drops; with the README's
+# alternate-exchange policy it is a dead letter that says why.
+
+$mq->ctl('set_policy', '--apply-to', 'exchanges', 'ordflow-unroutable', '^ordflow$',
+	'{"alternate-exchange": "ordflow.dlx"}');
+my $unroutable = q{SELECT count(*) FROM ordflow.dead_letters WHERE routing_key = 'order.updated'};
+my $until = time + 60;
+# the policy takes effect asynchronously: publish until one comes through
+while (sb($unroutable) == 0 && time < $until)
+{
+	$mq->publish('order.updated', '{"order_id": 5, "uid": 2, "symbol": "X", "quantity": 1}');
+	sleep 0.5;
+}
+ok(sb($unroutable) > 0, 'with the policy, an order no queue is bound for is a dead letter');
+$mq->publish('no.such.key', '{"x": 1}', message_id => 'nsk');
+ok( OrdflowTest::wait_for($b, q{SELECT origin || ' ' || queue || ' ' || message_id || ': ' || error
+								  FROM ordflow.dead_letters WHERE routing_key = 'no.such.key'},
+		'broker ordflow.dead nsk: no queue is bound to routing key "no.such.key": '
+		  . 'the broker routed it to the alternate exchange', 60),
+	'... and says why, with the routing key')
+  or diag sb(q{SELECT routing_key, error FROM ordflow.dead_letters WHERE origin = 'broker'});
 
 done_testing();
