@@ -909,9 +909,10 @@ REVOKE ALL ON FUNCTION ordflow._partition_not_owned(int, text) FROM PUBLIC;
 -- user events without partition).  Finished orders and the message_ids of
 -- applied user events move too: a late copy of a message (a producer's
 -- retry, a redelivery, a relay's second publish) reaches the new owner,
--- which must know it was done.  Refused while this node holds p.  The rows are locked FOR UPDATE,
--- orders first and then users, like a consumer's batch: one still in
--- flight here is waited for, and the export has what it committed.
+-- which must know it was done.  Refused while this node holds p.  The
+-- rows are locked FOR UPDATE, orders first and then users, like a
+-- consumer's batch: one still in flight here is waited for, and the
+-- export has what it committed.
 CREATE FUNCTION ordflow.export_partition(p int)
 RETURNS jsonb
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
@@ -1192,8 +1193,9 @@ REVOKE ALL ON FUNCTION ordflow._import_applied_event_check(jsonb) FROM PUBLIC;
 -- Imports what export_partition() wrote on another node (or on this one):
 -- users inserted, or updated to the exported values if the uid exists;
 -- orders inserted as they were, with their events, unless the order_id
--- exists; the message_ids of applied user events remembered.  Everything is checked first (hostile input: the first bad
--- element is named, 22023, and nothing is written).  Refused while this
+-- exists; the message_ids of applied user events remembered.  Everything
+-- is checked first (hostile input: the first bad element is named, 22023,
+-- and nothing is written).  Refused while this
 -- node holds the partition: its queue would be consumed before its users
 -- are here.  Returns how many users were written and orders inserted.
 -- (The ids keep the exporting node's prefix, so they cannot collide with
@@ -1323,8 +1325,8 @@ $$;
 
 -- On the old owner, once the new one imported the partition: deletes the
 -- users of partition p, its orders with their events and its applied user
--- events (they live on the new owner now).  Outbox rows stay: the relay still
--- publishes them to order.created.<p>, which the new owner consumes.
+-- events (they live on the new owner now).  Outbox rows stay: the relay
+-- still publishes them to order.created.<p>, which the new owner consumes.
 -- Refused while this node holds p.  Returns how many users and orders
 -- were deleted.
 CREATE FUNCTION ordflow.drop_partition(p int)

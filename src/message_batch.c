@@ -452,9 +452,9 @@ of_process_batch(OfMessage *msgs, int n, int worker_no, OfBatchStats *stats)
 		else if (m->kind == OF_MSG_BROKER_DEAD && m->death_reason != NULL)
 			dead_letter(m, psprintf("dead-lettered by the broker: %s", m->death_reason), 0);
 		else if (m->kind == OF_MSG_BROKER_DEAD)
-			/* no x-death: the exchange's alternate exchange sent it (README) */
-			dead_letter(m, psprintf("no queue is bound to routing key \"%s\": the broker routed it to the alternate exchange",
-									m->routing_key), 0);
+			/* no x-death: not dead-lettered by a queue (README) */
+			dead_letter(m, psprintf("no queue is bound to routing key \"%s\": it came through the alternate exchange (or was published to %s.dlx directly)",
+									m->routing_key, ordflow_exchange), 0);
 		else if (m->kind == OF_MSG_USER_EVENT)
 		{
 			of_forward_user_event(m);

@@ -107,9 +107,9 @@ event_partition(void *arg)
 /*
  * A user event that names a uid goes to the queue of that uid's partition,
  * one with a message_id to that of its hash, from a shared queue or from
- * another partition's queue.  One that cannot
- * be read (not JSON, a uid that is no integer) is left to be applied here,
- * which dead-letters it with the reason.
+ * another partition's queue.  One that cannot be read (not JSON, a uid
+ * that is no integer) is left to be applied here, which dead-letters it
+ * with the reason.
  */
 void
 of_forward_user_event(OfMessage *m)

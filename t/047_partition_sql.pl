@@ -493,7 +493,7 @@ $mq->publish('no.such.key', '{"x": 1}', message_id => 'nsk');
 ok( OrdflowTest::wait_for($b, q{SELECT origin || ' ' || queue || ' ' || message_id || ': ' || error
 								  FROM ordflow.dead_letters WHERE routing_key = 'no.such.key'},
 		'broker ordflow.dead nsk: no queue is bound to routing key "no.such.key": '
-		  . 'the broker routed it to the alternate exchange', 60),
+		  . 'it came through the alternate exchange (or was published to ordflow.dlx directly)', 60),
 	'... and says why, with the routing key')
   or diag sb(q{SELECT routing_key, error FROM ordflow.dead_letters WHERE origin = 'broker'});
 
